@@ -1,0 +1,145 @@
+"""Loading and checking 3D NIfTI images.
+
+Everything bidsreg reads goes through :func:`load_volume`, so that a bad file fails early
+with a one-line :class:`ValueError` that names the file, the problem and the fix.
+Arrays keep nibabel's voxel order (i, j, k) and the affine maps voxel indices to RAS+ world
+millimetres.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+
+from .atomic import atomic_output
+
+__all__ = ["Volume", "load_volume", "save_volume", "voxel_sizes"]
+
+#: Largest accepted ratio between the longest and the shortest voxel side.
+MAX_ANISOTROPY = 5.0
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D image in RAS+ world space.
+
+    Attributes
+    ----------
+    data : numpy.ndarray
+        Voxel values, shape (X, Y, Z), float32 for images, integer for label maps.
+    affine : numpy.ndarray
+        (4, 4) voxel index (i, j, k, 1) -> RAS+ world mm.
+    path : str
+        Where the volume came from ("" when made in memory); used in error messages.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    path: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape[:3])
+
+    @property
+    def spacing(self) -> np.ndarray:
+        return voxel_sizes(self.affine)
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    """Voxel side lengths in mm from a (4, 4) affine."""
+    return np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
+
+
+def load_volume(path: str | os.PathLike, *, labels: bool = False) -> Volume:
+    """Read a 3D NIfTI file and check that bidsreg can use it.
+
+    Parameters
+    ----------
+    path : path-like
+        A NIfTI-1/2 file (``.nii`` or ``.nii.gz``). A 4D file whose last axis has length 1
+        is accepted as 3D.
+    labels : bool
+        Read a label map: values must be integers, no intensity checks are made.
+
+    Returns
+    -------
+    Volume
+
+    Raises
+    ------
+    ValueError
+        When the file is missing, unreadable, not 3D, holds NaN/Inf, is empty or constant
+        (images), has non-integer labels, or has a degenerate or very anisotropic affine.
+    """
+    name = str(path)
+    if not Path(name).is_file():
+        raise ValueError(f"{name}: no such file; check the path")
+    try:
+        img = nb.load(name)
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise ValueError(
+            f"{name}: cannot be read as NIfTI ({type(err).__name__}: {err}); "
+            "re-export the image as a valid .nii/.nii.gz"
+        ) from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(
+            f"{name}: expected a 3D image, got shape {data.shape}; "
+            "extract a single 3D volume first (e.g. fslroi or nibabel)"
+        )
+    if min(data.shape) < 2:
+        raise ValueError(f"{name}: image of shape {data.shape} is too small to register")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    _check_affine(name, affine)
+    if labels:
+        if not np.issubdtype(data.dtype, np.integer):
+            if not np.all(np.isfinite(data)) or not np.all(np.equal(np.mod(data, 1), 0)):
+                raise ValueError(
+                    f"{name}: a label map must hold integer labels; "
+                    "pass the segmentation (_dseg), not a probability map"
+                )
+        return Volume(np.asarray(data).astype(np.int32), affine, name)
+    data = np.asarray(data, dtype=np.float32)
+    if not np.all(np.isfinite(data)):
+        raise ValueError(
+            f"{name}: contains NaN or Inf voxels; replace them (e.g. with 0) before registering"
+        )
+    if float(data.max()) == float(data.min()):
+        raise ValueError(f"{name}: image is constant (every voxel is {data.flat[0]}); nothing to register")
+    return Volume(data, affine, name)
+
+
+def _check_affine(name: str, affine: np.ndarray) -> None:
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        raise ValueError(f"{name}: the voxel-to-world affine is degenerate; fix the NIfTI header (qform/sform)")
+    sizes = voxel_sizes(affine)
+    if sizes.max() / sizes.min() > MAX_ANISOTROPY:
+        raise ValueError(
+            f"{name}: voxels of {np.round(sizes, 3).tolist()} mm are too anisotropic "
+            f"(ratio > {MAX_ANISOTROPY:g}); resample to near-isotropic voxels first"
+        )
+
+
+def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> None:
+    """Write a NIfTI file atomically (a temporary file renamed into place).
+
+    Parameters
+    ----------
+    path : path-like
+        Destination ``.nii`` or ``.nii.gz``.
+    data : numpy.ndarray
+        Voxel values, any NIfTI-compatible dtype.
+    affine : numpy.ndarray
+        (4, 4) voxel -> RAS+ world mm.
+    """
+    img = nb.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    with atomic_output(path) as tmp:
+        nb.save(img, tmp)

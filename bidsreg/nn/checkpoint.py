@@ -1,0 +1,65 @@
+"""Checkpoints that carry their own configuration and load without running code.
+
+A checkpoint is a plain ``dict`` (strings, numbers, lists, dicts, tensors) written with
+:func:`torch.save` and read with ``torch.load(..., weights_only=True)``, so a model file
+never executes code. It holds the constructor arguments of both networks, the preprocessing
+and training configuration, a summary of the training data, the loss history, and for
+unfinished trainings the optimiser and random-generator states needed to resume.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..atomic import atomic_output
+from .networks import AffineNet, DeformableNet
+
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "build_networks"]
+
+FORMAT = "bidsreg-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (plain types and tensors) atomically, tagged as a bidsreg checkpoint."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``) and check it is bidsreg's.
+
+    Raises
+    ------
+    ValueError
+        When the file is missing, is not a torch file, would need code to load, or is not a
+        bidsreg checkpoint.
+    """
+    name = str(path)
+    if not Path(name).is_file():
+        raise ValueError(f"{name}: no such checkpoint; train one with 'bidsreg ... train' or check the path")
+    try:
+        payload = torch.load(name, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"{name}: not a loadable bidsreg checkpoint ({type(err).__name__}); "
+            "use a file written by bidsreg training"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{name}: not a bidsreg checkpoint (no '{FORMAT}' tag); use a file written by bidsreg training")
+    if payload.get("version") != VERSION:
+        raise ValueError(f"{name}: checkpoint version {payload.get('version')} is not supported (expected {VERSION})")
+    return payload
+
+
+def build_networks(payload: dict[str, Any]) -> tuple[AffineNet, DeformableNet]:
+    """Rebuild both networks from a checkpoint and load their weights (evaluation mode)."""
+    affine = AffineNet(**payload["networks"]["affine"])
+    deformable = DeformableNet(**payload["networks"]["deformable"])
+    affine.load_state_dict(payload["state"]["affine"])
+    deformable.load_state_dict(payload["state"]["deformable"])
+    return affine.eval(), deformable.eval()

@@ -1,0 +1,146 @@
+"""The two networks of the method: AffineNet (global stage) and DeformableNet (local stage).
+
+Each network stores the keyword arguments it was built with in ``self.config`` so that a
+checkpoint can rebuild it (see :mod:`bidsreg.nn.checkpoint`).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import VecInt
+
+__all__ = ["AffineNet", "DeformableNet"]
+
+
+def _conv(in_channels: int, out_channels: int, stride: int = 1, norm: bool = False) -> nn.Sequential:
+    layers = [nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1)]
+    if norm:
+        layers.append(nn.InstanceNorm3d(out_channels, affine=True))
+    return nn.Sequential(*layers, nn.LeakyReLU(0.2))
+
+
+class AffineNet(nn.Module):
+    """Regress the 12 parameters of an affine map from a (fixed, moving) pair.
+
+    A strided convolutional encoder, an adaptive pooling to a fixed 4³ size (so any grid
+    whose sides are multiples of 16 fits), and a fully connected head whose last layer starts
+    at zero so that the initial output is the identity ``[I | 0]``.
+
+    Parameters
+    ----------
+    features : sequence of int
+        Channels of the encoder levels; each level halves the grid.
+    hidden : int
+        Width of the hidden fully connected layer.
+    norm : bool
+        Instance normalisation after each convolution (steadier training from a batch of one).
+    """
+
+    def __init__(self, features: Sequence[int] = (16, 32, 64, 64, 64), hidden: int = 256, norm: bool = True) -> None:
+        super().__init__()
+        self.config = {"features": list(features), "hidden": int(hidden), "norm": bool(norm)}
+        layers, channels = [], 2
+        for width in features:
+            layers += [_conv(channels, width, stride=2, norm=norm), _conv(width, width, norm=norm)]
+            channels = width
+        self.encoder = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool3d(4)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels * 64, hidden), nn.LeakyReLU(0.2))
+        self.out = nn.Linear(hidden, 12)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.register_buffer("identity", torch.eye(3, 4), persistent=False)
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        """Return theta (N, 3, 4) for (N, 1, X, Y, Z) inputs."""
+        x = self.pool(self.encoder(torch.cat([fixed, moving], dim=1)))
+        return self.identity + self.out(self.head(x)).view(-1, 3, 4)
+
+
+class DeformableNet(nn.Module):
+    """U-Net with skip connections predicting a dense displacement (or velocity) field.
+
+    Parameters
+    ----------
+    encoder : sequence of int
+        Channels of the encoder levels; each level halves the grid (sides must be multiples
+        of ``2**len(encoder)``).
+    decoder : sequence of int
+        Channels of the decoder levels (same length as ``encoder``), coarse to fine.
+    head : sequence of int
+        Extra full-resolution convolutions before the 3-channel output.
+    diffeomorphic : bool
+        Treat the output as a stationary velocity field and integrate it by scaling and
+        squaring, so that the transform is invertible.
+    integration_steps : int
+        Squarings for the diffeomorphic integration.
+    """
+
+    def __init__(
+        self,
+        encoder: Sequence[int] = (16, 32, 32, 32),
+        decoder: Sequence[int] = (32, 32, 32, 32),
+        head: Sequence[int] = (16, 16),
+        diffeomorphic: bool = False,
+        integration_steps: int = 7,
+    ) -> None:
+        super().__init__()
+        if len(decoder) != len(encoder):
+            raise ValueError(f"encoder and decoder need the same depth, got {encoder} and {decoder}")
+        self.config = {
+            "encoder": list(encoder),
+            "decoder": list(decoder),
+            "head": list(head),
+            "diffeomorphic": bool(diffeomorphic),
+            "integration_steps": int(integration_steps),
+        }
+        self.down = nn.ModuleList()
+        channels, skips = 2, [2]
+        for width in encoder:
+            self.down.append(_conv(channels, width, stride=2))
+            channels = width
+            skips.append(width)
+        skips.pop()
+        self.up = nn.ModuleList()
+        for width, skip in zip(decoder, reversed(skips)):
+            self.up.append(_conv(channels + skip, width))
+            channels = width
+        self.head = nn.Sequential(*[_conv(c_in, c_out) for c_in, c_out in zip([channels, *head], head)])
+        channels = head[-1] if head else channels
+        self.flow = nn.Conv3d(channels, 3, 3, padding=1)
+        nn.init.normal_(self.flow.weight, std=1e-5)
+        nn.init.zeros_(self.flow.bias)
+        self.integrate = VecInt(integration_steps) if diffeomorphic else None
+
+    @property
+    def depth(self) -> int:
+        return len(self.down)
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        """Return the displacement (N, 3, X, Y, Z) in voxels of the input grid.
+
+        For a diffeomorphic network this is the integrated field; the raw velocity is
+        :meth:`velocity`.
+        """
+        field = self.velocity(fixed, moving)
+        return self.integrate(field) if self.integrate is not None else field
+
+    def velocity(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        """The network's raw 3-channel output (velocity or displacement, voxels)."""
+        multiple = 2**self.depth
+        if any(s % multiple for s in fixed.shape[2:]):
+            raise ValueError(f"grid sides must be multiples of {multiple}, got {tuple(fixed.shape[2:])}")
+        x = torch.cat([fixed, moving], dim=1)
+        history = [x]
+        for layer in self.down:
+            x = layer(x)
+            history.append(x)
+        history.pop()
+        for layer in self.up:
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = layer(torch.cat([x, history.pop()], dim=1))
+        return self.flow(self.head(x))

@@ -1,0 +1,259 @@
+"""Register a pair of images with a trained two-stage model.
+
+:func:`register` runs centre-of-mass initialisation, the global (affine) network and the
+local (deformable) network on the network grid, and returns world-space transforms on the
+fixed image's own full-resolution grid (see :class:`RegistrationResult` for the frames).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .image import Volume, load_volume
+from .nn.checkpoint import build_networks, load_checkpoint
+from .nn.layers import SpatialTransformer, identity_grid, sample
+from .nn.losses import Gradient, LocalNCC
+from .nn.networks import AffineNet, DeformableNet
+from .transforms import invert_displacement
+from .preprocess import NetworkGrid, PreparedImage, PreprocessConfig, prepare_image, translation
+
+__all__ = ["RegistrationModel", "RegistrationResult", "register", "resolve_device", "global_world_map"]
+
+#: Below this Dice of the two foregrounds after the global stage, the pair is refused.
+MIN_FOREGROUND_DICE = 0.2
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as :class:`torch.device`."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class RegistrationModel:
+    """Both trained networks with the preprocessing they were trained with."""
+
+    affine_net: AffineNet
+    deformable_net: DeformableNet
+    preprocess: PreprocessConfig
+    smoothness: float = 1.0
+    window: int = 9
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    source: str = ""
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto") -> "RegistrationModel":
+        """Load a bidsreg checkpoint (safely, ``weights_only=True``) onto ``device``."""
+        payload = load_checkpoint(path)
+        affine_net, deformable_net = build_networks(payload)
+        dev = resolve_device(device)
+        training = payload["training"]
+        return cls(
+            affine_net.to(dev),
+            deformable_net.to(dev),
+            PreprocessConfig(**payload["preprocess"]),
+            smoothness=float(training["smoothness"]),
+            window=int(training["window"]),
+            device=dev,
+            source=str(path),
+        )
+
+
+@dataclass
+class RegistrationResult:
+    """World-space transforms from fixed to moving, on the fixed image's grid.
+
+    A fixed point ``x`` (RAS+ mm) corresponds to the moving point
+    ``affine @ (x + displacement(x))``; ANTs lists this as ``[displacement, affine]``.
+
+    Attributes
+    ----------
+    fixed_shape : tuple of int
+        Shape of the fixed image (X, Y, Z).
+    fixed_affine : numpy.ndarray
+        (4, 4) voxel -> RAS+ mm of the fixed image.
+    affine : numpy.ndarray
+        (4, 4) RAS world map fixed -> moving after the global stage.
+    com_affine : numpy.ndarray
+        (4, 4) centre-of-mass translation alone (the initialisation).
+    displacement : numpy.ndarray
+        (X, Y, Z, 3) float32 displacement in RAS mm on the fixed grid.
+    inverse_displacement : numpy.ndarray or None
+        (X, Y, Z, 3) inverse field on the fixed grid: moving ``y`` maps back to
+        ``z + inverse_displacement(z)``, ``z = affine⁻¹ y``. Only when asked for.
+    grid : NetworkGrid
+        The grid the networks ran on.
+    seconds : dict
+        Wall-clock time of each step.
+    """
+
+    fixed_shape: tuple[int, int, int]
+    fixed_affine: np.ndarray
+    affine: np.ndarray
+    com_affine: np.ndarray
+    displacement: np.ndarray
+    grid: NetworkGrid
+    inverse_displacement: np.ndarray | None = None
+    seconds: dict = field(default_factory=dict)
+
+
+def global_world_map(
+    affine_net: AffineNet, grid: NetworkGrid, fixed: torch.Tensor, moving: PreparedImage, start: np.ndarray
+) -> np.ndarray:
+    """World map after the global stage: ``start`` followed by the network's affine.
+
+    Parameters
+    ----------
+    affine_net : AffineNet
+    grid : NetworkGrid
+    fixed : torch.Tensor
+        (1, 1, X, Y, Z) fixed image on ``grid``.
+    moving : PreparedImage
+    start : numpy.ndarray
+        (4, 4) initial world map (centre of mass, possibly augmented).
+    """
+    theta = affine_net(fixed, grid.resample(moving, start))[0]
+    return start @ grid.theta_to_world(theta.detach().cpu().numpy())
+
+
+def _check_overlap(fixed: torch.Tensor, moving: torch.Tensor, threshold: float, moving_path: str) -> None:
+    f, m = fixed > threshold, moving > threshold
+    dice = 2.0 * float((f & m).sum()) / max(float(f.sum() + m.sum()), 1.0)
+    if dice < MIN_FOREGROUND_DICE:
+        raise ValueError(
+            f"{moving_path}: the moving image barely overlaps the fixed image after initialisation "
+            f"(foreground Dice {dice:.2f}); check that both are brain images of the same kind"
+        )
+
+
+def _to_fixed_grid(field_world: torch.Tensor, grid: NetworkGrid, shape, affine: np.ndarray) -> np.ndarray:
+    """Interpolate a (1, 3, gx, gy, gz) field in mm from the network grid onto a fixed grid."""
+    matrix = np.linalg.inv(grid.affine) @ affine
+    m = torch.as_tensor(matrix, dtype=field_world.dtype, device=field_world.device)
+    out = np.empty(tuple(shape) + (3,), dtype=np.float32)
+    slab = max(1, int(4_000_000 // (shape[1] * shape[2])))
+    for start in range(0, shape[0], slab):
+        stop = min(start + slab, shape[0])
+        voxels = identity_grid((stop - start, shape[1], shape[2]), field_world.device, field_world.dtype)
+        voxels[:, 0] += start
+        coords = torch.einsum("ij,njxyz->nixyz", m[:3, :3], voxels) + m[:3, 3].view(1, 3, 1, 1, 1)
+        values = sample(field_world, coords, padding_mode="border")
+        out[start:stop] = values[0].permute(1, 2, 3, 0).cpu().numpy()
+    return out
+
+
+def _instance_optimise(
+    model: RegistrationModel, fixed: torch.Tensor, moving: torch.Tensor, start: torch.Tensor, steps: int, lr: float
+) -> torch.Tensor:
+    """A few Adam steps on the network's output field for this pair (same loss as training)."""
+    net = model.deformable_net
+    param = start.detach().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([param], lr=lr)
+    similarity, smoothness, warp = LocalNCC(model.window), Gradient(), SpatialTransformer()
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimiser.zero_grad()
+            field = net.integrate(param) if net.integrate is not None else param
+            loss = similarity(fixed, warp(moving, field)) + model.smoothness * smoothness(field)
+            loss.backward()
+            optimiser.step()
+    return param.detach()
+
+
+def _as_volume(image: Volume | str | os.PathLike) -> Volume:
+    return image if isinstance(image, Volume) else load_volume(image)
+
+
+@torch.no_grad()
+def register(
+    fixed: Volume | str | os.PathLike,
+    moving: Volume | str | os.PathLike,
+    model: RegistrationModel,
+    *,
+    inverse: bool = False,
+    instance_steps: int = 0,
+    instance_lr: float = 0.1,
+) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` with a trained two-stage model.
+
+    Parameters
+    ----------
+    fixed, moving : Volume or path-like
+        3D images (any orientation, no prior alignment needed).
+    model : RegistrationModel
+    inverse : bool
+        Also compute the inverse displacement field (fixed -> moving direction of warping).
+    instance_steps : int
+        Instance optimisation: Adam steps on the local stage's field for this pair (0: off).
+    instance_lr : float
+        Step size of the instance optimisation (voxels).
+
+    Returns
+    -------
+    RegistrationResult
+    """
+    if instance_steps < 0:
+        raise ValueError(f"instance_steps must be >= 0, got {instance_steps}")
+    seconds, tick = {}, time.perf_counter()
+    fixed_vol, moving_vol = _as_volume(fixed), _as_volume(moving)
+    seconds["load"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    cfg, dev = model.preprocess, model.device
+    fixed_img, moving_img = (_on_device(prepare_image(v, cfg), dev) for v in (fixed_vol, moving_vol))
+    grid = NetworkGrid.covering(fixed_img, cfg)
+    com = translation(moving_img.centre - fixed_img.centre)
+    fixed_grid = grid.resample(fixed_img)
+    seconds["preprocess"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    world_map = global_world_map(model.affine_net, grid, fixed_grid, moving_img, com)
+    moving_grid = grid.resample(moving_img, world_map)
+    _check_overlap(fixed_grid, moving_grid, cfg.foreground, moving_vol.path or "moving image")
+    seconds["global"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    net = model.deformable_net
+    velocity = net.velocity(fixed_grid, moving_grid)
+    if instance_steps:
+        velocity = _instance_optimise(model, fixed_grid, moving_grid, velocity, instance_steps, instance_lr)
+    field_voxels = net.integrate(velocity) if net.integrate is not None else velocity
+    displacement = _to_fixed_grid(grid.displacement_to_world(field_voxels), grid, fixed_vol.shape, fixed_vol.affine)
+    seconds["local"] = time.perf_counter() - tick
+
+    inverse_displacement = None
+    if inverse:
+        tick = time.perf_counter()
+        inverse_grid = _inverse_on_grid(net, grid, velocity, field_voxels)
+        inverse_displacement = _to_fixed_grid(inverse_grid, grid, fixed_vol.shape, fixed_vol.affine)
+        seconds["inverse"] = time.perf_counter() - tick
+    return RegistrationResult(
+        fixed_shape=fixed_vol.shape,
+        fixed_affine=fixed_vol.affine,
+        affine=world_map,
+        com_affine=com,
+        displacement=displacement,
+        grid=grid,
+        inverse_displacement=inverse_displacement,
+        seconds=seconds,
+    )
+
+
+def _inverse_on_grid(net: DeformableNet, grid: NetworkGrid, velocity: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
+    """Inverse of the grid displacement, in mm: exact integration of ``-v`` for a
+    diffeomorphic network, fixed-point inversion of the field otherwise."""
+    if net.integrate is not None:
+        return grid.displacement_to_world(net.integrate(-velocity))
+    world = grid.displacement_to_world(field)[0].permute(1, 2, 3, 0).cpu().numpy()
+    inverse = invert_displacement(world, grid.affine)
+    return torch.from_numpy(inverse).permute(3, 0, 1, 2)[None].to(field.device)
+
+
+def _on_device(image: PreparedImage, device: torch.device) -> PreparedImage:
+    if image.tensor.device == device:
+        return image
+    return PreparedImage(image.tensor.to(device), image.affine, image.centre, image.path)
