@@ -31,6 +31,7 @@ __all__ = [
     "OVERLAP_COLUMNS",
     "jacobian_determinant",
     "jacobian_stats",
+    "world_jacobian_determinant",
     "overlap_table",
     "read_lut",
     "summarise",
@@ -258,6 +259,30 @@ def jacobian_determinant(displacement: np.ndarray, spacing: Sequence[float]) -> 
             + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0])
         )
     return det
+
+
+def world_jacobian_determinant(displacement_ras: np.ndarray, reference_affine: np.ndarray) -> np.ndarray:
+    """Jacobian determinant of ``x -> x + d(x)`` for a displacement in RAS+ mm on any grid.
+
+    The world vectors are expressed along the grid's voxel axes (the rotation part of
+    ``reference_affine``) before :func:`jacobian_determinant`, so oblique and flipped grids
+    are handled; the determinant does not depend on the frame.
+
+    Parameters
+    ----------
+    displacement_ras : numpy.ndarray
+        (X, Y, Z, 3) displacement, RAS+ mm.
+    reference_affine : numpy.ndarray
+        (4, 4) voxel -> RAS+ mm of its grid.
+    """
+    affine = np.asarray(reference_affine, dtype=np.float64)
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    directions = affine[:3, :3] / spacing
+    if np.allclose(directions, np.eye(3)):
+        along_axes = displacement_ras
+    else:
+        along_axes = (displacement_ras.reshape(-1, 3) @ directions).reshape(displacement_ras.shape)
+    return jacobian_determinant(along_axes, spacing)
 
 
 def jacobian_stats(det: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:

@@ -15,8 +15,8 @@ import torch
 
 from .image import Volume, load_volume
 from .nn.checkpoint import build_networks, load_checkpoint
-from .nn.layers import SpatialTransformer, identity_grid, sample
-from .nn.losses import Gradient, LocalNCC
+from .nn.layers import AffineTransformer, SpatialTransformer, identity_grid, sample
+from .nn.losses import GlobalNCC, Gradient, LocalNCC
 from .nn.networks import AffineNet, DeformableNet
 from .transforms import invert_displacement
 from .preprocess import NetworkGrid, PreparedImage, PreprocessConfig, prepare_image, translation
@@ -103,7 +103,13 @@ class RegistrationResult:
 
 
 def global_world_map(
-    affine_net: AffineNet, grid: NetworkGrid, fixed: torch.Tensor, moving: PreparedImage, start: np.ndarray
+    affine_net: AffineNet,
+    grid: NetworkGrid,
+    fixed: torch.Tensor,
+    moving: PreparedImage,
+    start: np.ndarray,
+    refine_steps: int = 0,
+    refine_lr: float = 2e-3,
 ) -> np.ndarray:
     """World map after the global stage: ``start`` followed by the network's affine.
 
@@ -116,9 +122,24 @@ def global_world_map(
     moving : PreparedImage
     start : numpy.ndarray
         (4, 4) initial world map (centre of mass, possibly augmented).
+    refine_steps : int
+        Instance optimisation: Adam steps on the 12 affine parameters of this pair, from the
+        network's prediction, on the stage-1 loss (0: the network's prediction as is).
+    refine_lr : float
+        Step size of that refinement.
     """
-    theta = affine_net(fixed, grid.resample(moving, start))[0]
-    return start @ grid.theta_to_world(theta.detach().cpu().numpy())
+    moving_grid = grid.resample(moving, start)
+    theta = affine_net(fixed, moving_grid).detach()
+    if refine_steps:
+        theta = theta.clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([theta], lr=refine_lr)
+        similarity, warp = GlobalNCC(), AffineTransformer()
+        with torch.enable_grad():
+            for _ in range(refine_steps):
+                optimiser.zero_grad()
+                similarity(fixed, warp(moving_grid, theta)).backward()
+                optimiser.step()
+    return start @ grid.theta_to_world(theta[0].detach().cpu().numpy())
 
 
 def _check_overlap(fixed: torch.Tensor, moving: torch.Tensor, threshold: float, moving_path: str) -> None:
@@ -189,7 +210,9 @@ def register(
     inverse : bool
         Also compute the inverse displacement field (fixed -> moving direction of warping).
     instance_steps : int
-        Instance optimisation: Adam steps on the local stage's field for this pair (0: off).
+        Instance optimisation (0: off, the default): this many Adam steps on the global
+        stage's affine and then on the local stage's field, each from the network's
+        prediction and on that stage's training loss, for this pair only.
     instance_lr : float
         Step size of the instance optimisation (voxels).
 
@@ -211,7 +234,7 @@ def register(
     seconds["preprocess"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    world_map = global_world_map(model.affine_net, grid, fixed_grid, moving_img, com)
+    world_map = global_world_map(model.affine_net, grid, fixed_grid, moving_img, com, instance_steps)
     moving_grid = grid.resample(moving_img, world_map)
     _check_overlap(fixed_grid, moving_grid, cfg.foreground, moving_vol.path or "moving image")
     seconds["global"] = time.perf_counter() - tick

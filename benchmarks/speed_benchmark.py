@@ -1,0 +1,119 @@
+"""Speed and memory of registering one 1 mm pair, and of a training step, on the CPU.
+
+The registration is timed from loading the two NIfTI files to the forward and inverse
+composite transforms (.h5) and the warped image written (interpreter start-up and model
+loading excluded), as the median of ``--repeats`` runs. Peak memory is the process's
+maximum resident set size. The pair is OASIS-TRT-20 sub-10 -> sub-09 when that data is
+found, else a synthetic 256x256x160 pair; weights do not change the speed, so an untrained
+model of the default architecture is used unless ``--model`` is given.
+
+    python benchmarks/speed_benchmark.py [--threads 2] [--repeats 3] [--model CKPT]
+
+Figures are printed and written to benchmarks/results/speed.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, oasis_dir, t1w, write_json  # noqa: E402
+
+from bidsreg.image import load_volume, save_volume  # noqa: E402
+from bidsreg.itk import write_composite  # noqa: E402
+from bidsreg.nn.checkpoint import load_checkpoint  # noqa: E402
+from bidsreg.nn.train import TrainConfig, train  # noqa: E402
+from bidsreg.registration import RegistrationModel, register  # noqa: E402
+from bidsreg.transforms import apply_transform  # noqa: E402
+
+
+def _pair(tmp: Path) -> tuple[Path, Path, str]:
+    try:
+        data = oasis_dir()
+        return t1w(data, "09"), t1w(data, "10"), "OASIS-TRT-20 sub-10 -> sub-09"
+    except SystemExit:
+        rng = np.random.default_rng(0)
+        grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in (256, 256, 160)], indexing="ij"))
+        paths = []
+        for name, shift in (("fixed", 0.0), ("moving", 0.06)):
+            r = np.sqrt(((grid[0] - shift) / 0.55) ** 2 + (grid[1] / 0.7) ** 2 + (grid[2] / 0.8) ** 2)
+            brain = (r < 1) * (100 + 50 * np.cos(6 * r) + rng.normal(0, 5, r.shape))
+            path = tmp / f"{name}.nii.gz"
+            save_volume(path, brain.astype(np.float32), np.diag([1.0, 1.0, 1.0, 1.0]))
+            paths.append(path)
+        return paths[0], paths[1], "synthetic 256x256x160 pair"
+
+
+def _time_registration(model, fixed: Path, moving: Path, out: Path) -> dict:
+    tick = time.perf_counter()
+    result = register(fixed, moving, model, inverse=True)
+    write_composite(out / "fwd.h5", result.affine, result.displacement, result.fixed_affine)
+    write_composite(out / "inv.h5", result.affine, result.inverse_displacement, result.fixed_affine, inverse=True)
+    warped = apply_transform(load_volume(moving), result.fixed_shape, result.fixed_affine, result.affine, result.displacement)
+    save_volume(out / "warped.nii.gz", warped, result.fixed_affine)
+    total = time.perf_counter() - tick
+    return {"total": total, **result.seconds, "write_and_warp": total - sum(result.seconds.values())}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", help="checkpoint (default: an untrained model of the default architecture)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        fixed, moving, what = _pair(tmp)
+        checkpoint = Path(args.model) if args.model else tmp / "untrained.pt"
+        if not args.model:
+            train([fixed, moving], checkpoint, TrainConfig(affine_steps=0, deformable_steps=0), device="cpu", progress=False)
+        model = RegistrationModel.from_checkpoint(checkpoint, "cpu")
+        runs = [_time_registration(model, fixed, moving, tmp) for _ in range(args.repeats)]
+        peak_register = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+        step_times = {}
+        for stage, steps in (("affine", (3, 0)), ("deformable", (0, 3))):
+            path = tmp / f"{stage}.pt"
+            tick = time.perf_counter()
+            train([fixed, moving], path, TrainConfig(affine_steps=steps[0], deformable_steps=steps[1]), device="cpu", progress=False)
+            # subtract loading the cohort, timed by a 0-step run
+            zero = tmp / f"{stage}0.pt"
+            tock = time.perf_counter()
+            train([fixed, moving], zero, TrainConfig(affine_steps=0, deformable_steps=0), device="cpu", progress=False)
+            load = time.perf_counter() - tock
+            step_times[stage] = (tock - tick - load) / 3
+        grid = load_checkpoint(checkpoint)["preprocess"]["spacing"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    lines = [
+        f"pair: {what}; {args.threads} CPU threads; network grid {grid} mm; median of {args.repeats}",
+        "",
+        "| step | seconds |",
+        "|---|---|",
+        *[f"| {key} | {value:.2f} |" for key, value in median.items()],
+        "",
+        f"peak memory while registering: {peak_register:.2f} GB (max RSS)",
+        f"training step: affine {step_times['affine']:.2f} s, deformable {step_times['deformable']:.2f} s; "
+        f"peak memory with training: {peak:.2f} GB",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    write_json(REPO / "benchmarks" / "results" / "speed.json", {
+        "pair": what, "threads": args.threads, "median_seconds": median, "runs": runs,
+        "peak_register_gb": peak_register, "peak_gb": peak, "train_step_seconds": step_times,
+    })
+    (REPO / "benchmarks" / "results" / "speed.md").write_text(f"`python benchmarks/speed_benchmark.py`\n\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
