@@ -83,7 +83,7 @@ def load_volume(path: str | os.PathLike, *, labels: bool = False) -> Volume:
         data = np.asanyarray(img.dataobj)
     except Exception as err:  # nibabel raises many types for corrupt files
         raise ValueError(
-            f"{name}: cannot be read as NIfTI ({type(err).__name__}: {err}); "
+            f"{name}: cannot be read as NIfTI ({type(err).__name__}: {' '.join(str(err).split())}); "
             "re-export the image as a valid .nii/.nii.gz"
         ) from None
     if data.ndim == 4 and data.shape[3] == 1:

@@ -43,7 +43,8 @@ class LocalNCC(nn.Module):
     """Minus the mean squared local NCC over cubic windows (stage 2 similarity).
 
     Window sums are computed with three 1D box filters (separable), which costs 3·w instead
-    of w³ operations per voxel.
+    of w³ operations per voxel. Windows are cut at the image border (the statistics use the
+    voxels inside), so the loss is -1 for any increasing linear intensity change.
 
     Parameters
     ----------
@@ -71,7 +72,7 @@ class LocalNCC(nn.Module):
         _check_pair(fixed, moving)
         if fixed.shape[1] != 1:
             raise ValueError(f"LocalNCC expects single-channel images, got {fixed.shape[1]} channels")
-        n = float(self.window**3)
+        n = self._box_sum(torch.ones_like(fixed))[:, 0]
         sums = self._box_sum(torch.cat([fixed, moving, fixed * fixed, moving * moving, fixed * moving], dim=1))
         f_sum, m_sum, ff_sum, mm_sum, fm_sum = sums.unbind(dim=1)
         cross = fm_sum - f_sum * m_sum / n

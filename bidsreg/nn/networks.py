@@ -26,8 +26,9 @@ def _conv(in_channels: int, out_channels: int, stride: int = 1, norm: bool = Fal
 class AffineNet(nn.Module):
     """Regress the 12 parameters of an affine map from a (fixed, moving) pair.
 
-    A strided convolutional encoder, an adaptive pooling to a fixed 4³ size (so any grid
-    whose sides are multiples of 16 fits), and a fully connected head whose last layer starts
+    A strided convolutional encoder, an adaptive pooling to a fixed 4³ size (so grids of any
+    size fit, as long as each side is at least ``2 ** (len(features) + 1)`` voxels, which
+    leaves instance normalisation more than one voxel at the coarsest level), and a fully connected head whose last layer starts
     at zero so that the initial output is the identity ``[I | 0]``.
 
     Parameters
@@ -57,6 +58,9 @@ class AffineNet(nn.Module):
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         """Return theta (N, 3, 4) for (N, 1, X, Y, Z) inputs."""
+        smallest = 2 ** (len(self.config["features"]) + 1)
+        if min(fixed.shape[2:]) < smallest:
+            raise ValueError(f"AffineNet needs grid sides of at least {smallest} voxels, got {tuple(fixed.shape[2:])}")
         x = self.pool(self.encoder(torch.cat([fixed, moving], dim=1)))
         return self.identity + self.out(self.head(x)).view(-1, 3, 4)
 

@@ -1,0 +1,246 @@
+"""Shared fixtures: a tiny synthetic brain phantom written with nibabel, and small trained models.
+
+The phantom is defined analytically in RAS+ millimetres (an ellipsoid "brain" with blobs of
+other intensities), so the same world content can be sampled on any voxel grid (flipped,
+oblique) and moved by a known world map without resampling artefacts. Images are 40x48x40
+voxels of 3 mm; with ``PreprocessConfig(spacing=4.0)`` the network grid is 32x48x32.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+import torch
+
+from bidsreg.image import Volume
+from bidsreg.nn.train import TrainConfig, train
+from bidsreg.preprocess import PreprocessConfig
+from bidsreg.registration import RegistrationModel
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def rotation(degrees: tuple[float, float, float]) -> np.ndarray:
+    """(3, 3) rotation: about R, then A, then S (degrees)."""
+    matrix = np.eye(3)
+    for axis, angle in enumerate(np.deg2rad(degrees)):
+        a, b = [d for d in range(3) if d != axis]
+        r = np.eye(3)
+        r[a, a], r[a, b], r[b, a], r[b, b] = math.cos(angle), -math.sin(angle), math.sin(angle), math.cos(angle)
+        matrix = r @ matrix
+    return matrix
+
+
+class Phantom:
+    """An analytic T1-like brain: a smooth ellipsoid of grey level 0.5 with five blobs.
+
+    Everything is in RAS+ mm with the brain centred on the origin. Images are sampled at voxel
+    centres: ``image(v) = intensity(T^-1(affine @ v))`` for a world map ``T`` (fixed -> moving
+    world, bidsreg's convention), so that ``moving(T(x)) = fixed(x)``.
+    """
+
+    SHAPE = (40, 48, 40)
+    SPACING = 3.0
+    RADII = np.array([42.0, 52.0, 38.0])
+    BLOBS = (  # centre (mm), sigma (mm), amplitude
+        ((-18.0, 10.0, 8.0), 7.0, 0.45),
+        ((15.0, -20.0, -6.0), 9.0, -0.3),
+        ((5.0, 25.0, -12.0), 6.0, 0.35),
+        ((-10.0, -30.0, 15.0), 5.0, 0.5),
+        ((22.0, 12.0, 14.0), 6.0, -0.25),
+    )
+
+    @classmethod
+    def intensity(cls, points: np.ndarray) -> np.ndarray:
+        """Phantom intensity (about 0..1000) at (..., 3) RAS+ mm points."""
+        p = np.asarray(points, dtype=np.float64)
+        radius = np.sqrt(((p / cls.RADII) ** 2).sum(-1))
+        value = 0.5 / (1.0 + np.exp(np.clip((radius - 1.0) * 20.0, -50, 50)))
+        for centre, sigma, amplitude in cls.BLOBS:
+            value = value + amplitude * np.exp(-((p - np.array(centre)) ** 2).sum(-1) / (2 * sigma**2))
+        return (1000.0 * np.clip(value, 0.0, None)).astype(np.float32)
+
+    @staticmethod
+    def deformation(points: np.ndarray, amplitude: float = 4.0) -> np.ndarray:
+        """A smooth displacement (..., 3) in mm, at most ``amplitude`` mm, gradient < 0.2."""
+        x, y, z = (points[..., i] for i in range(3))
+        return amplitude * np.stack(
+            [np.sin(y / 20.0 + 0.3), np.cos(z / 22.0 + x / 40.0), np.sin(x / 21.0 - 0.7)], axis=-1
+        )
+
+    @classmethod
+    def affine(
+        cls,
+        shape: tuple[int, int, int] | None = None,
+        spacing: float | tuple[float, float, float] | None = None,
+        orientation: str = "RAS",
+        degrees: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    ) -> np.ndarray:
+        """Voxel -> RAS+ affine of a grid centred on the origin.
+
+        ``orientation`` names the direction each voxel axis points to (``"LAS"``: i runs to the
+        left); ``degrees`` then tilts the axes (an oblique grid).
+        """
+        shape = cls.SHAPE if shape is None else shape
+        spacing = np.broadcast_to(np.asarray(cls.SPACING if spacing is None else spacing, float), (3,))
+        signs = [1.0 if letter in "RAS" else -1.0 for letter in orientation]
+        affine = np.eye(4)
+        affine[:3, :3] = rotation(degrees) @ np.diag(np.multiply(signs, spacing))
+        affine[:3, 3] = -affine[:3, :3] @ ((np.array(shape) - 1) / 2.0)
+        return affine
+
+    @staticmethod
+    def world(shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+        """(X, Y, Z, 3) RAS+ mm of the voxel centres of a grid."""
+        index = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij"), -1)
+        return index @ affine[:3, :3].T + affine[:3, 3]
+
+    @classmethod
+    def image(
+        cls,
+        affine: np.ndarray | None = None,
+        shape: tuple[int, int, int] | None = None,
+        world_map: np.ndarray | None = None,
+        deformed: bool = False,
+    ) -> np.ndarray:
+        """The phantom sampled on a grid, moved by ``world_map`` and optionally deformed.
+
+        With ``deformed`` the moving world content is ``f(u(T^-1 y))``, ``u(x) = x + d(x)``
+        with ``d`` :meth:`deformation`.
+        """
+        shape = cls.SHAPE if shape is None else shape
+        affine = cls.affine(shape) if affine is None else affine
+        points = cls.world(shape, affine)
+        if world_map is not None:
+            inverse = np.linalg.inv(world_map)
+            points = points @ inverse[:3, :3].T + inverse[:3, 3]
+        if deformed:
+            points = points + cls.deformation(points)
+        return cls.intensity(points)
+
+    @classmethod
+    def volume(cls, **kwargs) -> Volume:
+        affine = kwargs.get("affine")
+        affine = cls.affine(kwargs.get("shape")) if affine is None else affine
+        return Volume(cls.image(**{**kwargs, "affine": affine}), affine, "phantom")
+
+    @classmethod
+    def brain_points(cls, n: int = 200, seed: int = 0, fraction: float = 0.7) -> np.ndarray:
+        """(n, 3) random RAS+ mm points inside the ellipsoid scaled by ``fraction``."""
+        rng = np.random.default_rng(seed)
+        points = rng.normal(size=(n, 3))
+        points /= np.linalg.norm(points, axis=1, keepdims=True)
+        points *= rng.uniform(0, 1, (n, 1)) ** (1 / 3)
+        return points * cls.RADII * fraction
+
+    @staticmethod
+    def write(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> str:
+        """Write a NIfTI with nibabel (sform and qform set) and return its path as str."""
+        img = nb.Nifti1Image(np.asarray(data), affine)
+        img.set_sform(affine, code=1)
+        img.set_qform(affine, code=1)
+        nb.save(img, str(path))
+        return str(path)
+
+
+#: The known world map (fixed -> moving) of the phantom pair: 8 degrees about one axis and a
+#: few about the others, a 4 mm shift and up to 5 % scaling.
+KNOWN_MAP = np.eye(4)
+KNOWN_MAP[:3, :3] = rotation((3.0, -8.0, 4.0)) @ np.diag([1.05, 0.97, 1.03])
+KNOWN_MAP[:3, 3] = [2.5, -2.4, 2.0]  # |t| = 4 mm
+
+#: The network grid spacing of every test (mm): 32x48x32 grids for the phantom.
+GRID_SPACING = 4.0
+
+
+@pytest.fixture(scope="session")
+def phantom() -> type[Phantom]:
+    return Phantom
+
+
+@pytest.fixture(scope="session")
+def known_map() -> np.ndarray:
+    return KNOWN_MAP.copy()
+
+
+@pytest.fixture(scope="session")
+def preprocess_config() -> PreprocessConfig:
+    return PreprocessConfig(spacing=GRID_SPACING)
+
+
+@pytest.fixture(scope="session")
+def phantom_files(tmp_path_factory) -> dict[str, str]:
+    """NIfTI files: ``fixed`` (the phantom), ``moving`` (moved by :data:`KNOWN_MAP`) and
+    ``deformed`` (moved by it and by a smooth deformation), all RAS 3 mm 40x48x40."""
+    folder = tmp_path_factory.mktemp("phantom")
+    affine = Phantom.affine()
+    images = {
+        "fixed": Phantom.image(affine),
+        "moving": Phantom.image(affine, world_map=KNOWN_MAP),
+        "deformed": Phantom.image(affine, world_map=KNOWN_MAP, deformed=True),
+    }
+    return {name: Phantom.write(folder / f"sub-{name}_T1w.nii.gz", data, affine) for name, data in images.items()}
+
+
+def tiny_config(**changes) -> TrainConfig:
+    """A TrainConfig with small networks on 4 mm grids; ``changes`` override fields."""
+    values = dict(
+        affine_steps=3,
+        deformable_steps=3,
+        affine_learning_rate=1e-3,
+        learning_rate=1e-3,
+        checkpoint_every=2,
+        affine_features=(8, 16, 16, 16),
+        encoder=(8, 16, 16, 16),
+        decoder=(16, 16, 16, 16),
+        head=(8,),
+        preprocess=PreprocessConfig(spacing=GRID_SPACING),
+    )
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def make_config():
+    """Factory of small :class:`TrainConfig` s (see :func:`tiny_config`)."""
+    return tiny_config
+
+
+#: Stage-1 training that recovers an affine on the phantom pair (no augmentation: the network
+#: only has to learn the two directed pairs it sees).
+AFFINE_TRAINING = dict(
+    affine_steps=600,
+    affine_learning_rate=1e-3,
+    max_rotation=0.0,
+    max_scaling=0.0,
+    max_translation=0.0,
+    gamma_sd=0.0,
+    checkpoint_every=10_000,
+)
+
+
+@pytest.fixture(scope="session")
+def trained_model(phantom_files, tmp_path_factory) -> RegistrationModel:
+    """Both stages briefly trained on (fixed, deformed); about 15 s on two CPU threads."""
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    config = tiny_config(**AFFINE_TRAINING, deformable_steps=150, smoothness=0.5)
+    train([phantom_files["fixed"], phantom_files["deformed"]], path, config, device="cpu", progress=False)
+    return RegistrationModel.from_checkpoint(path, device="cpu")
+
+
+@pytest.fixture()
+def untrained_model() -> RegistrationModel:
+    """A model straight from initialisation (identity affine, ~0 displacement)."""
+    from bidsreg.nn.networks import AffineNet, DeformableNet
+
+    torch.manual_seed(0)
+    config = tiny_config()
+    return RegistrationModel(
+        AffineNet(config.affine_features).eval(),
+        DeformableNet(config.encoder, config.decoder, config.head).eval(),
+        config.preprocess,
+    )

@@ -1,0 +1,392 @@
+"""Pair preprocessing (bidsreg.preprocess) and registration with a trained model
+(bidsreg.registration) on the synthetic phantom of conftest.py."""
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from bidsreg.image import Volume
+from bidsreg.nn.layers import AffineTransformer, affine_coordinates, identity_grid
+from bidsreg.nn.losses import LocalNCC
+from bidsreg.nn.networks import DeformableNet
+from bidsreg.preprocess import (
+    NetworkGrid,
+    PreparedImage,
+    PreprocessConfig,
+    centre_of_mass,
+    normalise_intensity,
+    prepare_image,
+    translation,
+)
+from bidsreg.registration import RegistrationModel, RegistrationResult, register, resolve_device
+from bidsreg.transforms import apply_transform, map_points, map_points_inverse
+
+
+def theta(degrees=(4.0, -3.0, 6.0), shift=(0.05, -0.08, 0.03), scale=(1.04, 0.97, 1.02)) -> np.ndarray:
+    from conftest import rotation
+
+    out = np.zeros((3, 4))
+    out[:, :3] = rotation(degrees) @ np.diag(scale)
+    out[:, 3] = shift
+    return out
+
+
+def flip(data: np.ndarray, affine: np.ndarray, axes) -> tuple[np.ndarray, np.ndarray]:
+    """Reverse array axes and adjust the affine so that the world content is unchanged."""
+    index_map = np.eye(4)
+    for axis in axes:
+        index_map[axis, axis] = -1.0
+        index_map[axis, 3] = data.shape[axis] - 1
+    return np.flip(data, axis=axes).copy(), affine @ index_map
+
+
+def local_ncc(fixed: np.ndarray, warped: np.ndarray) -> float:
+    """Mean squared local NCC (9³) of two images on the same grid, 0..1."""
+    scale = float(fixed.max())
+    f, w = (torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32) / scale)[None, None] for a in (fixed, warped))
+    return -LocalNCC(9)(f, w).item()
+
+
+# ================================================================ preprocessing
+
+
+@pytest.fixture(scope="module")
+def prepared(phantom, preprocess_config) -> PreparedImage:
+    return prepare_image(phantom.volume(), preprocess_config)
+
+
+def test_normalise_intensity_maps_percentiles_to_unit_range():
+    rng = np.random.default_rng(0)
+    data = np.zeros((20, 20, 20), dtype=np.float32)
+    data[4:16, 4:16, 4:16] = rng.uniform(100, 500, (12, 12, 12))
+    out = normalise_intensity(data)
+    assert out.dtype == np.float32 and out.shape == data.shape
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert np.all(out[data == 0] == 0)  # background stays at 0
+    # The 0.5/99.5 percentiles of the (subsampled) foreground go to 0 and 1, linearly between.
+    values = data[::2, ::2, ::2]
+    lo, hi = np.percentile(values[values > 0], [0.5, 99.5])
+    inside = (data > lo) & (data < hi)
+    assert np.allclose(out[inside], (data[inside] - lo) / (hi - lo), atol=1e-6)
+    order = np.argsort(data[inside])
+    assert np.all(np.diff(out[inside][order]) >= 0)
+
+
+def test_normalise_intensity_is_invariant_to_scale_and_handles_a_binary_image():
+    data = np.zeros((10, 10, 10), dtype=np.float32)
+    data[2:8, 3:7, 1:9] = np.linspace(1, 2, 6)[:, None, None]
+    assert np.allclose(normalise_intensity(data), normalise_intensity(data * 250.0), atol=1e-6)
+    mask = (data > 0).astype(np.float32)
+    out = normalise_intensity(mask)  # percentiles coincide: falls back to min/max
+    assert np.array_equal(out, mask)
+
+
+@pytest.mark.parametrize("orientation, degrees", [("RAS", (0, 0, 0)), ("LPS", (0, 0, 0)), ("LAS", (10, -20, 5))])
+def test_centre_of_mass_of_a_blob(phantom, orientation, degrees):
+    shape = (20, 24, 18)
+    affine = phantom.affine(shape, (2.0, 1.5, 2.5), orientation, degrees)
+    affine[:3, 3] += [3.0, -4.0, 5.0]
+    centre = np.array([4.0, -6.0, 7.5])
+    world = phantom.world(shape, affine)
+    data = np.exp(-((world - centre) ** 2).sum(-1) / (2 * 4.0**2))
+    found = centre_of_mass(torch.from_numpy(data)[None, None], affine)
+    assert np.allclose(found, centre, atol=1e-3)
+
+
+def test_centre_of_mass_of_an_empty_image_raises():
+    with pytest.raises(ValueError, match="centre of mass"):
+        centre_of_mass(torch.zeros(1, 1, 4, 4, 4), np.eye(4))
+
+
+def test_prepare_image_blurs_only_for_a_coarser_grid(phantom):
+    volume = phantom.volume()  # 3 mm voxels
+    fine = prepare_image(volume, PreprocessConfig(spacing=2.0))
+    coarse = prepare_image(volume, PreprocessConfig(spacing=4.0))
+    normalised = normalise_intensity(volume.data)
+    assert fine.tensor.shape == coarse.tensor.shape == (1, 1, *volume.shape)
+    assert torch.equal(fine.tensor[0, 0], torch.from_numpy(normalised))
+    blurred = coarse.tensor[0, 0].numpy()
+    assert not np.allclose(blurred, normalised, atol=1e-3)
+    assert abs(blurred.sum() - normalised.sum()) < 1e-3 * normalised.sum()  # mass kept
+    assert np.allclose(coarse.centre, fine.centre, atol=0.5)
+    assert np.allclose(fine.centre, centre_of_mass(torch.from_numpy(normalised)[None, None], volume.affine))
+
+
+@pytest.mark.parametrize("multiple", [16, 8])
+@pytest.mark.parametrize("orientation, degrees", [("RAS", (0, 0, 0)), ("LPI", (12, -8, 20))])
+def test_network_grid_covers_the_foreground(phantom, multiple, orientation, degrees):
+    config = PreprocessConfig(spacing=4.0, multiple=multiple, margin=6.0)
+    affine = phantom.affine(orientation=orientation, degrees=degrees)
+    image = prepare_image(phantom.volume(affine=affine), config)
+    grid = NetworkGrid.covering(image, config)
+    assert all(side % multiple == 0 for side in grid.shape)
+    assert np.array_equal(grid.affine[:3, :3], np.eye(3) * 4.0) and grid.spacing == 4.0
+    assert np.array_equal(grid.affine[3], [0, 0, 0, 1])
+    foreground = phantom.world(image.shape, image.affine)[image.tensor[0, 0].numpy() > config.foreground]
+    low = grid.affine[:3, 3] - grid.spacing / 2
+    high = low + grid.spacing * np.array(grid.shape)
+    assert np.all(foreground >= low + config.margin - 1e-6)
+    assert np.all(foreground <= high - config.margin + 1e-6)
+    # Not wasteful: at most one extra block of ``multiple`` voxels per axis beyond the world
+    # box of the foreground's voxel box (its corners, voxel edges included) and the margins.
+    index = np.argwhere(image.tensor[0, 0].numpy() > config.foreground)
+    corners = np.stack(np.meshgrid(*zip(index.min(0) - 0.5, index.max(0) + 0.5), indexing="ij"), -1).reshape(-1, 3)
+    corners = corners @ image.affine[:3, :3].T
+    extent = corners.max(0) - corners.min(0) + 2 * config.margin
+    assert np.all(grid.spacing * np.array(grid.shape) < extent + grid.spacing * multiple)
+
+
+def test_network_grid_of_an_empty_image_raises():
+    image = PreparedImage(torch.zeros(1, 1, 8, 8, 8), np.eye(4), np.zeros(3), "empty.nii.gz")
+    with pytest.raises(ValueError, match="empty.nii.gz"):
+        NetworkGrid.covering(image, PreprocessConfig())
+
+
+def test_theta_to_world_of_identity_is_identity(prepared, preprocess_config):
+    grid = NetworkGrid.covering(prepared, preprocess_config)
+    assert np.allclose(grid.theta_to_world(np.eye(3, 4)), np.eye(4), atol=1e-12)
+
+
+def test_theta_to_world_rejects_bad_shape(prepared, preprocess_config):
+    grid = NetworkGrid.covering(prepared, preprocess_config)
+    with pytest.raises(ValueError, match=r"\(3, 4\)"):
+        grid.theta_to_world(np.eye(4))
+
+
+def test_theta_to_world_matches_affine_coordinates_exactly(prepared, preprocess_config):
+    grid = NetworkGrid.covering(prepared, preprocess_config)
+    t = theta()
+    voxel_map = np.linalg.inv(grid.affine) @ grid.theta_to_world(t) @ grid.affine
+    coords = affine_coordinates(torch.from_numpy(t)[None], grid.shape)[0].reshape(3, -1).numpy()
+    voxels = identity_grid(grid.shape, dtype=torch.float64)[0].reshape(3, -1).numpy()
+    assert np.allclose(voxel_map[:3, :3] @ voxels + voxel_map[:3, 3:], coords, atol=1e-9)
+
+
+def test_theta_to_world_resampling_matches_affine_transformer(prepared, preprocess_config):
+    grid = NetworkGrid.covering(prepared, preprocess_config)
+    t = theta()
+    on_grid = grid.resample(prepared)
+    warped = AffineTransformer()(on_grid, torch.from_numpy(t).float()[None])[0, 0]
+    direct = grid.resample(prepared, grid.theta_to_world(t))[0, 0]
+    inner = (slice(4, -4),) * 3
+    difference = (warped - direct)[inner].abs()
+    # Two trilinear resamplings against one: close, far closer than a wrong map would be.
+    wrong = grid.resample(prepared, grid.theta_to_world(theta(degrees=(-4.0, 3.0, -6.0))))[0, 0]
+    assert difference.max() < 0.05
+    assert difference.mean() < 0.2 * (wrong - direct)[inner].abs().mean()
+
+
+def test_resample_follows_the_world_map_exactly_for_a_linear_image(phantom):
+    """Trilinear interpolation of a linear function is exact: image(x) = a·x + b."""
+    shape = (30, 34, 28)
+    affine = phantom.affine(shape, 3.0, "LAS", (5, -10, 15))
+    a, b = np.array([0.01, -0.02, 0.015]), 2.0
+    data = phantom.world(shape, affine) @ a + b
+    image = PreparedImage(torch.from_numpy(data)[None, None], affine, np.zeros(3), "ramp")
+    grid = NetworkGrid((16, 16, 16), np.diag([2.0, 2.0, 2.0, 1.0]) + np.array([[0, 0, 0, -15.0]] * 3 + [[0, 0, 0, 0]]))
+    world_map = translation([3.0, -2.0, 1.5]) @ np.block([[np.eye(3) * 1.05, np.zeros((3, 1))], [np.zeros((1, 3)), 1.0]])
+    out = grid.resample(image, world_map)[0, 0].numpy()
+    expected = phantom.world(grid.shape, world_map @ grid.affine) @ a + b
+    assert np.allclose(out, expected, atol=1e-9)
+
+
+def test_displacement_to_world_scales_by_the_spacing():
+    grid = NetworkGrid((16, 16, 16), np.diag([2.5, 2.5, 2.5, 1.0]))
+    field = torch.ones(1, 3, 16, 16, 16)
+    assert torch.equal(grid.displacement_to_world(field), field * 2.5)
+
+
+# ================================================================ registration: cheap checks
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+def test_untrained_model_registers_by_centre_of_mass(phantom, untrained_model, tmp_path):
+    """An identity network leaves the centre-of-mass translation as the global map."""
+    affine = phantom.affine()
+    shift = np.array([6.0, -4.0, 3.0])
+    fixed = phantom.write(tmp_path / "fixed.nii.gz", phantom.image(affine), affine)
+    moving = phantom.write(tmp_path / "moving.nii.gz", phantom.image(affine, world_map=translation(shift)), affine)
+    result = register(fixed, moving, untrained_model)
+    assert isinstance(result, RegistrationResult)
+    assert np.allclose(result.affine, result.com_affine, atol=1e-6)
+    assert np.allclose(result.com_affine[:3, :3], np.eye(3))
+    assert np.allclose(result.com_affine[:3, 3], shift, atol=0.3)
+    assert np.abs(result.displacement).max() < 0.1
+    assert result.inverse_displacement is None
+
+
+def test_register_rejects_negative_instance_steps(phantom_files, untrained_model):
+    with pytest.raises(ValueError, match="instance_steps"):
+        register(phantom_files["fixed"], phantom_files["moving"], untrained_model, instance_steps=-1)
+
+
+def bad_image(kind: str, phantom, folder) -> str:
+    affine, data = phantom.affine(), phantom.image()
+    path = folder / f"sub-bad_{kind}.nii.gz"
+    if kind == "constant":
+        return phantom.write(path, np.full_like(data, 300.0), affine)
+    if kind == "nan":
+        data[10, 10, 10] = np.nan
+        return phantom.write(path, data, affine)
+    if kind == "4d":
+        return phantom.write(path, np.stack([data, data], -1), affine)
+    if kind == "anisotropic":
+        return phantom.write(path, data[:, :, ::8], affine @ np.diag([1 / 3, 1 / 3, 8 / 3, 1]))
+    if kind == "truncated":
+        good = phantom.write(folder / "good.nii.gz", data, affine)
+        raw = open(good, "rb").read()
+        path.write_bytes(raw[: len(raw) // 3])
+        return str(path)
+    if kind == "not-gzip":
+        path.write_bytes(gzip.compress(b"no image here")[:-4])
+        return str(path)
+    if kind == "no-overlap":
+        # A small bright ball far from the brain: after centring it covers a tiny part of it.
+        world = phantom.world(phantom.SHAPE, affine)
+        ball = 1000.0 * (np.linalg.norm(world - [45.0, 55.0, 45.0], axis=-1) < 6.0)
+        return phantom.write(path, ball.astype(np.float32), affine)
+    raise AssertionError(kind)
+
+
+BAD_KINDS = ["constant", "nan", "4d", "anisotropic", "truncated", "not-gzip"]
+
+
+@pytest.mark.parametrize(
+    "role, kind", [("moving", kind) for kind in BAD_KINDS + ["no-overlap"]] + [("fixed", kind) for kind in BAD_KINDS]
+)
+def test_register_rejects_bad_input_naming_the_file(phantom, phantom_files, untrained_model, tmp_path, kind, role):
+    bad = bad_image(kind, phantom, tmp_path)
+    pair = (phantom_files["fixed"], bad) if role == "moving" else (bad, phantom_files["moving"])
+    with pytest.raises(ValueError) as info:
+        register(*pair, untrained_model)
+    assert bad in str(info.value)
+
+
+def test_register_no_overlap_error_says_why(phantom, phantom_files, untrained_model, tmp_path):
+    bad = bad_image("no-overlap", phantom, tmp_path)
+    with pytest.raises(ValueError, match="overlap"):
+        register(phantom_files["fixed"], bad, untrained_model)
+
+
+# ================================================================ registration with a trained model
+
+
+@pytest.mark.slow
+def test_result_fields_have_documented_shapes_and_frames(phantom, phantom_files, trained_model):
+    result = register(phantom_files["fixed"], phantom_files["deformed"], trained_model, inverse=True)
+    fixed_affine = phantom.affine()
+    assert result.fixed_shape == phantom.SHAPE
+    assert np.allclose(result.fixed_affine, fixed_affine)
+    for matrix in (result.affine, result.com_affine):
+        assert matrix.shape == (4, 4) and matrix.dtype == np.float64
+        assert np.array_equal(matrix[3], [0, 0, 0, 1])
+    for field in (result.displacement, result.inverse_displacement):
+        assert field.shape == (*phantom.SHAPE, 3) and field.dtype == np.float32
+        assert np.all(np.isfinite(field))
+    assert 0.5 < np.abs(result.displacement).max() < 20.0  # a real, bounded deformation (mm)
+    assert all(side % 16 == 0 for side in result.grid.shape) and result.grid.spacing == 4.0
+    assert {"load", "preprocess", "global", "local", "inverse"} <= set(result.seconds)
+    # The global map is close to the known one (the deformation is a few mm).
+    points = phantom.brain_points()
+    error = np.linalg.norm(map_points(points, result.affine) - map_points(points, KNOWN()), axis=1)
+    assert error.mean() < 4.0
+
+
+def KNOWN() -> np.ndarray:
+    from conftest import KNOWN_MAP
+
+    return KNOWN_MAP
+
+
+@pytest.mark.slow
+def test_registration_improves_local_similarity(phantom, phantom_files, trained_model):
+    moving = Volume(phantom.image(world_map=KNOWN(), deformed=True), phantom.affine())
+    fixed = phantom.image()
+    result = register(phantom_files["fixed"], phantom_files["deformed"], trained_model)
+    shape, affine = phantom.SHAPE, phantom.affine()
+    identity = apply_transform(moving, shape, affine, np.eye(4))
+    global_only = apply_transform(moving, shape, affine, result.affine)
+    both = apply_transform(moving, shape, affine, result.affine, result.displacement)
+    scores = [local_ncc(fixed, warped) for warped in (identity, global_only, both)]
+    assert scores[0] < scores[1] < scores[2]
+
+
+@pytest.mark.slow
+def test_inverse_maps_points_back(phantom, phantom_files, trained_model):
+    result = register(phantom_files["fixed"], phantom_files["deformed"], trained_model, inverse=True)
+    points = phantom.brain_points()
+    moved = map_points(points, result.affine, result.displacement, result.fixed_affine)
+    assert np.linalg.norm(moved - map_points(points, result.affine), axis=1).max() > 0.5
+    back = map_points_inverse(moved, result.affine, result.inverse_displacement, result.fixed_affine)
+    assert np.linalg.norm(back - points, axis=1).max() < 1.0
+
+
+@pytest.mark.slow
+def test_diffeomorphic_inverse_maps_points_back(phantom, phantom_files, trained_model):
+    """A diffeomorphic local stage inverts by integrating -v; instance optimisation of an
+    untrained one gives a non-trivial field cheaply."""
+    torch.manual_seed(0)
+    net = DeformableNet(**trained_model.deformable_net.config | {"diffeomorphic": True}).eval()
+    model = RegistrationModel(trained_model.affine_net, net, trained_model.preprocess, smoothness=0.1)
+    result = register(
+        phantom_files["fixed"], phantom_files["deformed"], model, inverse=True, instance_steps=30, instance_lr=0.2
+    )
+    points = phantom.brain_points()
+    moved = map_points(points, result.affine, result.displacement, result.fixed_affine)
+    assert np.linalg.norm(moved - map_points(points, result.affine), axis=1).max() > 1.0
+    back = map_points_inverse(moved, result.affine, result.inverse_displacement, result.fixed_affine)
+    assert np.linalg.norm(back - points, axis=1).max() < 1.0
+
+
+@pytest.mark.slow
+def test_instance_optimisation_does_not_lower_local_ncc(phantom, phantom_files, trained_model):
+    moving = Volume(phantom.image(world_map=KNOWN(), deformed=True), phantom.affine())
+    fixed = phantom.image()
+    shape, affine = phantom.SHAPE, phantom.affine()
+    scores, fields = [], []
+    for steps in (0, 20):
+        result = register(phantom_files["fixed"], phantom_files["deformed"], trained_model, instance_steps=steps)
+        warped = apply_transform(moving, shape, affine, result.affine, result.displacement)
+        scores.append(local_ncc(fixed, warped))
+        fields.append(result.displacement)
+    assert np.abs(fields[1] - fields[0]).max() > 0.1  # the steps did change the field
+    assert scores[1] >= scores[0] - 1e-4
+
+
+ORIENTATIONS = {
+    "RAS": dict(flip=()),
+    "LAS": dict(flip=(0,)),
+    "LPS": dict(flip=(0, 1)),
+    "oblique": dict(degrees=(8.0, -6.0, 12.0)),
+}
+
+
+@pytest.mark.slow
+def test_registration_does_not_depend_on_storage_orientation(phantom, trained_model, tmp_path):
+    """The same world content stored as RAS, LAS, LPS or on an oblique grid registers to
+    the same world transform."""
+    base = phantom.affine()
+    images = {"fixed": phantom.image(base), "moving": phantom.image(base, world_map=KNOWN(), deformed=True)}
+    points = phantom.brain_points(100)
+    mapped = {}
+    for name, how in ORIENTATIONS.items():
+        paths = {}
+        for role, data in images.items():
+            if "degrees" in how:
+                affine = phantom.affine(degrees=how["degrees"])
+                data = phantom.image(affine, world_map=KNOWN() if role == "moving" else None, deformed=role == "moving")
+            else:
+                data, affine = flip(data, base, how["flip"])
+            paths[role] = phantom.write(tmp_path / f"{role}_{name}.nii.gz", data, affine)
+        result = register(paths["fixed"], paths["moving"], trained_model)
+        mapped[name] = map_points(points, result.affine, result.displacement, result.fixed_affine)
+    for name in ("LAS", "LPS"):
+        assert np.linalg.norm(mapped[name] - mapped["RAS"], axis=1).max() < 0.1, name
+    assert np.linalg.norm(mapped["oblique"] - mapped["RAS"], axis=1).max() < 1.5
