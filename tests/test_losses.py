@@ -1,6 +1,7 @@
 """Training losses (bidsreg.nn.losses): values known by hand on tiny tensors."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -91,6 +92,29 @@ def test_local_ncc_separable_box_sum_equals_dense_kernel():
     ones = torch.ones(5, 1, 9, 9, 9, dtype=x.dtype)
     expected = F.conv3d(x, ones, padding=4, groups=5)
     assert torch.allclose(LocalNCC(9)._box_sum(x), expected, atol=1e-10)
+
+
+def cropped_window_ncc(fixed: np.ndarray, moving: np.ndarray, window: int, eps: float = 1e-5) -> float:
+    """Minus the mean squared NCC over w³ windows cut at the border, one voxel at a time."""
+    half, values = window // 2, []
+    for index in np.ndindex(fixed.shape):
+        box = tuple(slice(max(0, i - half), i + half + 1) for i in index)
+        f, m = fixed[box].ravel(), moving[box].ravel()
+        n = f.size
+        cross = (f * m).sum() - f.sum() * m.sum() / n
+        f_var = (f * f).sum() - f.sum() ** 2 / n
+        m_var = (m * m).sum() - m.sum() ** 2 / n
+        values.append(cross**2 / (f_var * m_var + eps))
+    return -float(np.mean(values))
+
+
+@pytest.mark.parametrize("window", [3, 5])
+def test_local_ncc_equals_the_windowed_formula_written_out(window):
+    """METHOD.md's local NCC, windows cut at the image border, computed voxel by voxel."""
+    fixed = noise(1, 1, 7, 6, 5, seed=5)
+    moving = 0.5 * fixed + noise(1, 1, 7, 6, 5, seed=6)
+    expected = cropped_window_ncc(fixed[0, 0].numpy(), moving[0, 0].numpy(), window)
+    assert LocalNCC(window)(fixed, moving).item() == pytest.approx(expected, abs=1e-9)
 
 
 def test_local_ncc_is_better_for_the_aligned_pair():

@@ -214,6 +214,7 @@ def test_side_effect_payload_really_runs_when_unpickled_unsafely(tmp_path):
     assert target.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("container", ["pickle", "torch"])
 def test_load_checkpoint_refuses_code_and_does_not_run_it(tmp_path, container):
     target = tmp_path / "pwned.txt"
@@ -236,6 +237,7 @@ def test_load_checkpoint_random_bytes(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_load_checkpoint_random_pickle(tmp_path):
     path = tmp_path / "list.pt"
     path.write_bytes(pickle.dumps([1, 2.0, "three", {"four": 4}]))
@@ -293,13 +295,12 @@ def test_save_checkpoint_is_atomic_and_tagged(tmp_path):
 
 
 @pytest.mark.slow
-def test_stage_one_recovers_a_known_affine(phantom, phantom_files, known_map, make_config, tmp_path):
-    """8° rotation, 4 mm shift and 5 % scaling, recovered to about 1 voxel (3 mm) by 600
-    steps of stage 1 on the pair (no augmentation: it only has to learn both directions)."""
-    from conftest import AFFINE_TRAINING
-
+def test_stage_one_recovers_a_known_affine(phantom, phantom_files, known_map, make_config, affine_training, tmp_path):
+    """8° rotation, 4 mm shift and 5 % scaling, recovered to within 2 mm (half a grid voxel,
+    2/3 of an image voxel) everywhere in the brain by 500 steps of stage 1 on the pair (no
+    augmentation: it only has to learn both directions). Seeds 0-3 give 0.3-0.9 mm at most."""
     path = tmp_path / "affine.pt"
-    config = make_config(**AFFINE_TRAINING, deformable_steps=0)
+    config = make_config(**affine_training, deformable_steps=0)
     history = train([phantom_files["fixed"], phantom_files["moving"]], path, config, device="cpu", progress=False)
     losses = history["training"]["history"]["affine"]
     assert np.mean(losses[-20:]) < np.mean(losses[:20])
@@ -312,6 +313,6 @@ def test_stage_one_recovers_a_known_affine(phantom, phantom_files, known_map, ma
         result = register(phantom_files[fixed], phantom_files[moving], model)
         error = np.linalg.norm(map_points(points, result.affine) - map_points(points, truth), axis=1)
         start = np.linalg.norm(map_points(points, result.com_affine) - map_points(points, truth), axis=1)
-        assert start.mean() > 3.0  # the centre of mass alone is not enough
-        assert error.max() < 3.0, (fixed, error.max())
+        assert start.mean() > 2.0  # the centre of mass alone is not enough
+        assert error.max() < 2.0, (fixed, error.max())
         assert error.mean() < 0.5 * start.mean()
