@@ -17,22 +17,11 @@ import pytest
 import torch
 
 from bidsreg.image import Volume
-from bidsreg.nn.train import TrainConfig, train
+from bidsreg.nn.train import TrainConfig, rotation_matrix, train
 from bidsreg.preprocess import PreprocessConfig
 from bidsreg.registration import RegistrationModel
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-
-def rotation(degrees: tuple[float, float, float]) -> np.ndarray:
-    """(3, 3) rotation: about R, then A, then S (degrees)."""
-    matrix = np.eye(3)
-    for axis, angle in enumerate(np.deg2rad(degrees)):
-        a, b = [d for d in range(3) if d != axis]
-        r = np.eye(3)
-        r[a, a], r[a, b], r[b, a], r[b, b] = math.cos(angle), -math.sin(angle), math.sin(angle), math.cos(angle)
-        matrix = r @ matrix
-    return matrix
 
 
 class Phantom:
@@ -89,7 +78,7 @@ class Phantom:
         spacing = np.broadcast_to(np.asarray(cls.SPACING if spacing is None else spacing, float), (3,))
         signs = [1.0 if letter in "RAS" else -1.0 for letter in orientation]
         affine = np.eye(4)
-        affine[:3, :3] = rotation(degrees) @ np.diag(np.multiply(signs, spacing))
+        affine[:3, :3] = rotation_matrix(degrees) @ np.diag(np.multiply(signs, spacing))
         affine[:3, 3] = -affine[:3, :3] @ ((np.array(shape) - 1) / 2.0)
         return affine
 
@@ -160,7 +149,7 @@ class Phantom:
 #: The known world map (fixed -> moving) of the phantom pair: 8 degrees about one axis and a
 #: few about the others, a 4 mm shift and up to 5 % scaling.
 KNOWN_MAP = np.eye(4)
-KNOWN_MAP[:3, :3] = rotation((3.0, -8.0, 4.0)) @ np.diag([1.05, 0.97, 1.03])
+KNOWN_MAP[:3, :3] = rotation_matrix((3.0, -8.0, 4.0)) @ np.diag([1.05, 0.97, 1.03])
 KNOWN_MAP[:3, 3] = [2.5, -2.4, 2.0]  # |t| = 4 mm
 
 #: The network grid spacing of every test (mm): 32x48x32 grids for the phantom.

@@ -22,20 +22,15 @@ from bidsreg.preprocess import (
     prepare_image,
     translation,
 )
+from bidsreg.nn.train import rotation_matrix
 from bidsreg.registration import RegistrationModel, RegistrationResult, register, resolve_device
 from bidsreg.transforms import apply_transform, map_points, map_points_inverse
 
 
 def theta(degrees=(4.0, -3.0, 6.0), shift=(0.05, -0.08, 0.03), scale=(1.04, 0.97, 1.02)) -> np.ndarray:
     """A network affine [A | t]: small rotation and scaling, a translation of a few voxels."""
-    rotation = np.eye(3)
-    for axis, angle in enumerate(np.deg2rad(degrees)):
-        a, b = [d for d in range(3) if d != axis]
-        r = np.eye(3)
-        r[a, a], r[a, b], r[b, a], r[b, b] = np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)
-        rotation = r @ rotation
     out = np.zeros((3, 4))
-    out[:, :3] = rotation @ np.diag(scale)
+    out[:, :3] = rotation_matrix(degrees) @ np.diag(scale)
     out[:, 3] = shift
     return out
 

@@ -28,7 +28,7 @@ from .layers import AffineTransformer, SpatialTransformer
 from .losses import GlobalNCC, Gradient, LocalNCC
 from .networks import AffineNet, DeformableNet
 
-__all__ = ["TrainConfig", "train", "random_affine"]
+__all__ = ["TrainConfig", "train", "random_affine", "rotation_matrix"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,18 @@ class TrainConfig:
         return cls(**values)
 
 
+def rotation_matrix(degrees: Sequence[float]) -> np.ndarray:
+    """(3, 3) rotation about the first, then the second, then the third axis (degrees)."""
+    matrix = np.eye(3)
+    for axis, angle in enumerate(np.deg2rad(np.asarray(degrees, dtype=np.float64))):
+        c, s = math.cos(angle), math.sin(angle)
+        a, b = [d for d in range(3) if d != axis]
+        r = np.eye(3)
+        r[a, a], r[a, b], r[b, a], r[b, b] = c, -s, s, c
+        matrix = r @ matrix
+    return matrix
+
+
 def random_affine(generator: torch.Generator, centre: np.ndarray, config: TrainConfig) -> np.ndarray:
     """A random (4, 4) RAS world map about ``centre``: rotation, scaling and translation.
 
@@ -119,13 +131,7 @@ def random_affine(generator: torch.Generator, centre: np.ndarray, config: TrainC
     angles = np.deg2rad(config.max_rotation) * u[:3]
     scales = 1 + config.max_scaling * u[3:6]
     shift = config.max_translation * u[6:9]
-    rotation = np.eye(3)
-    for axis, angle in enumerate(angles):
-        c, s = math.cos(angle), math.sin(angle)
-        a, b = [d for d in range(3) if d != axis]
-        r = np.eye(3)
-        r[a, a], r[a, b], r[b, a], r[b, b] = c, -s, s, c
-        rotation = r @ rotation
+    rotation = rotation_matrix(np.rad2deg(angles))
     linear = rotation @ np.diag(scales)
     matrix = np.eye(4)
     matrix[:3, :3] = linear
