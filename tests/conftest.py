@@ -7,7 +7,6 @@ voxels of 3 mm; with ``PreprocessConfig(spacing=4.0)`` the network grid is 32x48
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
