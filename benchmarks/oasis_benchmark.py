@@ -155,6 +155,7 @@ def main(argv=None) -> int:
                 ))
         pairs[f"sub-{moving_id}->sub-{fixed_id}"] = pair
         print(f"sub-{moving_id} -> sub-{fixed_id}: " + ", ".join(f"{k} {v['dice']:.3f}" for k, v in pair.items()), flush=True)
+    training = torch.load(checkpoint, weights_only=True)["training"]
     table, summary = _table(pairs)
     print(table)
     command = "python benchmarks/oasis_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -162,7 +163,8 @@ def main(argv=None) -> int:
         "command": command.strip(),
         "checkpoint": checkpoint.name,
         "train_config": config.to_dict(),
-        "training_device": torch.load(checkpoint, weights_only=True)["training"]["device"],
+        "training_device": training["device"],
+        "training_seconds": training.get("seconds"),
         "threads": torch.get_num_threads(),
         "summary": summary,
         "pairs": pairs,

@@ -157,11 +157,11 @@ class NetworkGrid:
 def normalise_intensity(data: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
     """Map the ``low``/``high`` percentiles of the non-zero voxels to 0 and 1, clip to [0, 1].
 
-    Percentiles are estimated on every second voxel along each axis, which is as robust and
-    eight times cheaper on a 1 mm brain.
+    Every voxel counts, so the result does not depend on the order the voxels are stored in.
     """
-    sub = data[::2, ::2, ::2]
-    values = sub[sub > 0] if np.any(sub > 0) else sub.ravel()
+    values = data[data > 0]
+    if values.size == 0:
+        values = data.ravel()
     lo, hi = np.percentile(values, [low, high])
     if not hi > lo:
         lo, hi = float(data.min()), float(data.max())

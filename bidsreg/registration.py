@@ -113,6 +113,10 @@ def global_world_map(
 ) -> np.ndarray:
     """World map after the global stage: ``start`` followed by the network's affine.
 
+    The network's affine is kept only if it raises the stage-1 similarity (global NCC²) above
+    that of ``start``; otherwise ``start`` is returned, so the global stage never undoes a good
+    initialisation.
+
     Parameters
     ----------
     affine_net : AffineNet
@@ -128,18 +132,23 @@ def global_world_map(
     refine_lr : float
         Step size of that refinement.
     """
-    moving_grid = grid.resample(moving, start)
-    theta = affine_net(fixed, moving_grid).detach()
+    fixed_low = affine_net.downsample(fixed)
+    moving_low = affine_net.downsample(grid.resample(moving, start))
+    similarity, warp = GlobalNCC(), AffineTransformer()
+    theta = affine_net.cascade(fixed_low, moving_low)[-1].detach()
     if refine_steps:
         theta = theta.clone().requires_grad_(True)
         optimiser = torch.optim.Adam([theta], lr=refine_lr)
-        similarity, warp = GlobalNCC(), AffineTransformer()
         with torch.enable_grad():
             for _ in range(refine_steps):
                 optimiser.zero_grad()
-                similarity(fixed, warp(moving_grid, theta)).backward()
+                similarity(fixed_low, warp(moving_low, theta)).backward()
                 optimiser.step()
-    return start @ grid.theta_to_world(theta[0].detach().cpu().numpy())
+        theta = theta.detach()
+    with torch.no_grad():
+        if similarity(fixed_low, warp(moving_low, theta)) >= similarity(fixed_low, moving_low):
+            return start
+    return start @ grid.theta_to_world(theta[0].cpu().numpy())
 
 
 def _check_overlap(fixed: torch.Tensor, moving: torch.Tensor, threshold: float, moving_path: str) -> None:

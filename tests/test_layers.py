@@ -13,6 +13,7 @@ from bidsreg.nn.layers import (
     SpatialTransformer,
     VecInt,
     affine_coordinates,
+    compose_affine,
     grid_frame,
     identity_grid,
     sample,
@@ -118,7 +119,7 @@ def identity_theta(batch: int = 1) -> torch.Tensor:
 def test_grid_frame_is_centre_and_half_the_largest_extent():
     centre, radius = grid_frame(SHAPE)
     assert centre == (4.0, 5.5, 4.5)
-    assert radius == 5.5
+    assert radius == 6.0
     assert grid_frame((1, 1, 1))[1] == 0.5
 
 
@@ -153,6 +154,44 @@ def test_affine_transformer_integer_translation_shifts_the_volume():
     theta[0, 1, 3] = 2.0 / radius  # two voxels along Y
     out = AffineTransformer()(vol, theta)
     assert torch.allclose(out[0, 0, :, :-2], vol[0, 0, :, 2:], atol=1e-10)
+
+
+def random_theta(seed: int, batch: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return identity_theta(batch) + 0.1 * (torch.rand(batch, 3, 4, generator=g, dtype=torch.float64) - 0.5)
+
+
+def test_compose_affine_is_warping_twice():
+    vol = volume(shape=(16, 20, 18), seed=3)
+    first, second = random_theta(1), random_theta(2)
+    warp = AffineTransformer()
+    composed = affine_coordinates(compose_affine(first, second), vol.shape[2:])
+    twice = affine_coordinates(first, vol.shape[2:])
+    # first(second(p)): sample first's coordinates at second's coordinates.
+    expected = sample(twice, affine_coordinates(second, vol.shape[2:]))
+    inner = affine_coordinates(second, vol.shape[2:])
+    inside = ((inner >= 0) & (inner <= torch.tensor(vol.shape[2:]).view(1, 3, 1, 1, 1) - 1)).all(1)
+    assert torch.allclose(composed.permute(0, 2, 3, 4, 1)[inside], expected.permute(0, 2, 3, 4, 1)[inside], atol=1e-9)
+    assert torch.allclose(compose_affine(identity_theta(), first), first)
+    assert torch.allclose(compose_affine(first, identity_theta()), first)
+    assert not torch.allclose(warp(warp(vol, first), second), warp(vol, compose_affine(second, first)), atol=1e-3)
+
+
+def test_same_theta_on_a_grid_and_on_its_pooled_grid():
+    """The frame is resolution-free: warping then pooling by 2 is pooling then warping
+    (exactly, for a linear ramp, which trilinear sampling and pooling both keep)."""
+    shape = (32, 40, 36)
+    p = identity_grid(shape, dtype=torch.float64)[0]
+    ramp = (0.3 * p[0] - 0.2 * p[1] + 0.5 * p[2])[None, None]
+    theta = random_theta(4)
+    theta[0, :, 3] = torch.tensor([0.3, -0.2, 0.25], dtype=torch.float64)  # several voxels
+    warp, pool = AffineTransformer(), torch.nn.functional.avg_pool3d
+    pooled_after = pool(warp(ramp, theta), 2)
+    pooled_before = warp(pool(ramp, 2), theta)
+    inside = (pooled_after != 0) & (pool((warp(torch.ones_like(ramp), theta) > 1 - 1e-9).double(), 2) == 1)
+    inside &= (pooled_before != 0) & (warp(torch.ones_like(ramp[:, :, ::2, ::2, ::2]), theta) > 1 - 1e-9)
+    assert inside.sum() > 1000
+    assert torch.allclose(pooled_after[inside], pooled_before[inside], atol=1e-9)
 
 
 def test_affine_coordinates_rejects_bad_theta():

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bidsreg.nn.layers import VecInt
+from bidsreg.nn.layers import AffineTransformer, VecInt, compose_affine
 from bidsreg.nn.networks import AffineNet, DeformableNet
 
-SMALL_AFFINE = dict(features=(8, 8, 16, 16), hidden=32)
+SMALL_AFFINE = dict(features=(8, 8, 16), hidden=32)
 SMALL_UNET = dict(encoder=(8, 8, 16, 16), decoder=(16, 16, 8, 8), head=(8,))
 
 
@@ -66,11 +66,41 @@ def test_affine_net_treats_batch_items_independently():
 
 
 def test_affine_net_config_rebuilds_the_same_architecture():
-    net = AffineNet(features=(8, 16, 16, 16), hidden=64, norm=False)
+    net = AffineNet(features=(8, 16, 16, 16), hidden=64, norm=False, pool=1, passes=3)
     copy = AffineNet(**net.config)
-    assert net.config == {"features": [8, 16, 16, 16], "hidden": 64, "norm": False}
+    assert net.config == {"features": [8, 16, 16, 16], "hidden": 64, "norm": False, "pool": 1, "passes": 3}
     assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in copy.state_dict().items()}
     copy.load_state_dict(net.state_dict())
+
+
+def test_affine_net_cascade_refines_the_previous_pass():
+    """Pass 2 reads the moving image warped by pass 1, and the result composes both."""
+    net = AffineNet(**SMALL_AFFINE, passes=2).eval()
+    torch.nn.init.normal_(net.out.weight, std=0.05)
+    fixed, moving = pair((32, 48, 32))
+    low_fixed, low_moving = net.downsample(fixed), net.downsample(moving)
+    first = net.step(low_fixed, low_moving)
+    second = net.step(low_fixed, AffineTransformer()(low_moving, first))
+    thetas = net.cascade(low_fixed, low_moving)
+    assert len(thetas) == 2 and torch.allclose(thetas[0], first)
+    assert torch.allclose(thetas[1], compose_affine(first, second), atol=1e-6)
+    assert torch.allclose(net(fixed, moving), thetas[1])
+    assert not torch.allclose(thetas[1], first, atol=1e-4)
+
+
+def test_affine_net_reads_pooled_inputs():
+    net = AffineNet(**SMALL_AFFINE, pool=2, passes=1).eval()
+    torch.nn.init.normal_(net.out.weight, std=0.05)
+    fixed, moving = pair((32, 48, 32))
+    pooled = [torch.nn.functional.avg_pool3d(x, 2) for x in (fixed, moving)]
+    assert torch.equal(net.downsample(fixed), pooled[0])
+    assert torch.allclose(net(fixed, moving), net.step(*pooled))
+
+
+@pytest.mark.parametrize("pool, passes", [(0, 1), (1, 0)])
+def test_affine_net_rejects_bad_pool_or_passes(pool, passes):
+    with pytest.raises(ValueError, match="pool and passes"):
+        AffineNet(pool=pool, passes=passes)
 
 
 # ---------------------------------------------------------------- DeformableNet

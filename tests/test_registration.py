@@ -67,9 +67,8 @@ def test_normalise_intensity_maps_percentiles_to_unit_range():
     assert out.dtype == np.float32 and out.shape == data.shape
     assert out.min() == 0.0 and out.max() == 1.0
     assert np.all(out[data == 0] == 0)  # background stays at 0
-    # The 0.5/99.5 percentiles of the (subsampled) foreground go to 0 and 1, linearly between.
-    values = data[::2, ::2, ::2]
-    lo, hi = np.percentile(values[values > 0], [0.5, 99.5])
+    # The 0.5/99.5 percentiles of the foreground go to 0 and 1, linearly between.
+    lo, hi = np.percentile(data[data > 0], [0.5, 99.5])
     inside = (data > lo) & (data < hi)
     assert np.allclose(out[inside], (data[inside] - lo) / (hi - lo), atol=1e-6)
     order = np.argsort(data[inside])
@@ -85,12 +84,6 @@ def test_normalise_intensity_is_invariant_to_scale_and_handles_a_binary_image():
     assert np.array_equal(out, mask)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: normalise_intensity estimates percentiles on data[::2, ::2, ::2], which "
-    "samples other voxels once an even-length axis is flipped, so the normalised image "
-    "(and the registration, by ~0.2 mm) depends on the storage orientation",
-)
 def test_normalise_intensity_does_not_depend_on_storage_order(phantom):
     data = phantom.image()  # 40 x 48 x 40: even sides
     reference = normalise_intensity(data)
@@ -406,10 +399,8 @@ def test_registration_does_not_depend_on_storage_orientation(phantom, known_map,
     """The same world content stored as RAS, LAS, LPS or on an oblique grid (10° about S)
     registers to the same world transform, to a small fraction of the 4 mm grid voxel.
 
-    Flipped copies hold the same samples; they can differ only through the intensity
-    percentiles, estimated on every second voxel (see
-    test_normalise_intensity_does_not_depend_on_storage_order). The oblique copy samples the
-    phantom at other points. Its tilt is chosen so that the network grid stays the same: on
+    Flipped copies hold the same samples and must agree to rounding. The oblique copy samples
+    the phantom at other points. Its tilt is chosen so that the network grid stays the same: on
     a differently framed grid a briefly trained regressor predicts a slightly different
     affine (about 3 mm for a 48-voxel instead of 32-voxel side), which is a matter of
     training, not of orientation handling.
@@ -434,4 +425,5 @@ def test_registration_does_not_depend_on_storage_orientation(phantom, known_map,
     assert np.linalg.norm(mapped["oblique"] - map_points(points, result.affine), axis=1).max() > 1.0
     errors = {name: float(np.linalg.norm(mapped[name] - mapped["RAS"], axis=1).max()) for name in ORIENTATIONS}
     assert all(grid.shape == grids[0].shape and np.allclose(grid.affine, grids[0].affine) for grid in grids)
-    assert max(errors.values()) < 0.5, errors
+    assert max(error for name, error in errors.items() if name != "oblique") < 0.05, errors
+    assert errors["oblique"] < 0.5, errors

@@ -94,7 +94,7 @@ def test_finished_checkpoint_loads_safely_and_carries_its_configuration(referenc
     raw = torch.load(path, weights_only=True)
     assert raw["format"] == FORMAT and raw["version"] == VERSION
     assert set(raw["networks"]) == {"affine", "deformable"}
-    assert raw["networks"]["affine"] == {"features": [8, 16, 16, 16], "hidden": 256, "norm": True}
+    assert raw["networks"]["affine"] == {"features": [8, 16, 16], "hidden": 256, "norm": True, "pool": 2, "passes": 2}
     assert raw["networks"]["deformable"]["encoder"] == [8, 16, 16, 16]
     assert raw["preprocess"] == PreprocessConfig(spacing=4.0).to_dict()
     training = raw["training"]
@@ -102,6 +102,7 @@ def test_finished_checkpoint_loads_safely_and_carries_its_configuration(referenc
     assert training["data"] == {"n_images": 2, "images": [Path(p).name for p in images]}
     assert training["seed"] == 0 and training["complete"] is True and training["steps"] == 6
     assert [len(training["history"][k]) for k in ("affine", "deformable")] == [3, 3]
+    assert 0 < training["seconds"] < 600
     assert "resume" not in raw  # no optimiser state in a finished model
     assert_same_weights(raw, payload)
     affine_net, deformable_net = build_networks(raw)
@@ -147,6 +148,7 @@ def test_resumed_training_equals_uninterrupted(reference, images, make_config, t
     assert resumed["training"]["complete"] is True
     assert_same_weights(reference, resumed)
     assert resumed["training"]["history"] == reference["training"]["history"]
+    assert resumed["training"]["seconds"] >= partial["training"]["seconds"]
 
 
 def test_periodic_checkpoints_are_resumable(images, make_config, tmp_path, monkeypatch):

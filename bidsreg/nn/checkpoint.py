@@ -20,7 +20,7 @@ from .networks import AffineNet, DeformableNet
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "build_networks"]
 
 FORMAT = "bidsreg-checkpoint"
-VERSION = 1
+VERSION = 2
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
@@ -52,7 +52,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{name}: not a bidsreg checkpoint (no '{FORMAT}' tag); use a file written by bidsreg training")
     if payload.get("version") != VERSION:
-        raise ValueError(f"{name}: checkpoint version {payload.get('version')} is not supported (expected {VERSION})")
+        raise ValueError(
+            f"{name}: checkpoint version {payload.get('version')} is not supported by this bidsreg "
+            f"(expected {VERSION}); train the model again with this version"
+        )
     return payload
 
 

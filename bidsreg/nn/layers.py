@@ -18,6 +18,7 @@ __all__ = [
     "AffineTransformer",
     "VecInt",
     "affine_coordinates",
+    "compose_affine",
     "grid_frame",
 ]
 
@@ -82,9 +83,10 @@ def affine_coordinates(theta: torch.Tensor, shape: tuple[int, int, int]) -> torc
     """Voxel coordinates ``p -> c + R (A (p - c) / R + t)`` of an affine map on a grid.
 
     The affine acts in centred, isotropically normalised voxel coordinates
-    ``q = (p - c) / R`` with ``c`` the grid centre and ``R`` half the largest grid extent,
-    so that the identity is ``[I | 0]`` and a unit of translation is about half the field of
-    view whatever the grid's shape.
+    ``q = (p - c) / R`` with ``c`` the grid centre and ``R`` half the largest grid extent
+    (voxel edges included), so that the identity is ``[I | 0]``, a unit of translation is
+    half the field of view whatever the grid's shape, and the same ``theta`` does the same
+    thing on a grid and on that grid average-pooled by any integer factor.
 
     Parameters
     ----------
@@ -109,9 +111,20 @@ def affine_coordinates(theta: torch.Tensor, shape: tuple[int, int, int]) -> torc
 
 
 def grid_frame(shape: tuple[int, int, int]) -> tuple[tuple[float, float, float], float]:
-    """Centre (voxels) and radius R (voxels) of the normalised frame of a grid."""
+    """Centre (voxels) and radius R (voxels, half the largest extent) of the normalised frame."""
     centre = tuple((s - 1) / 2.0 for s in shape)
-    return centre, max(max(shape) - 1, 1) / 2.0
+    return centre, max(shape) / 2.0
+
+
+def compose_affine(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``theta`` that warps like ``first`` then ``second``.
+
+    ``AffineTransformer()(AffineTransformer()(v, first), second)`` samples ``v`` at
+    ``first(second(q))``, which is ``AffineTransformer()(v, compose_affine(first, second))``.
+    """
+    linear = first[:, :, :3] @ second[:, :, :3]
+    shift = first[:, :, :3] @ second[:, :, 3:] + first[:, :, 3:]
+    return torch.cat([linear, shift], dim=2)
 
 
 class AffineTransformer(nn.Module):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import VecInt
+from .layers import AffineTransformer, VecInt, compose_affine
 
 __all__ = ["AffineNet", "DeformableNet"]
 
@@ -26,10 +26,13 @@ def _conv(in_channels: int, out_channels: int, stride: int = 1, norm: bool = Fal
 class AffineNet(nn.Module):
     """Regress the 12 parameters of an affine map from a (fixed, moving) pair.
 
-    A strided convolutional encoder, an adaptive pooling to a fixed 4³ size (so grids of any
-    size fit, as long as each side is at least ``2 ** (len(features) + 1)`` voxels, which
-    leaves instance normalisation more than one voxel at the coarsest level), and a fully connected head whose last layer starts
-    at zero so that the initial output is the identity ``[I | 0]``.
+    The inputs are average-pooled by ``pool``, read by a strided convolutional encoder,
+    pooled to a fixed 4³ size (so grids of any size fit, as long as each pooled side is at
+    least ``2 ** (len(features) + 1)`` voxels, which leaves instance normalisation more than
+    one voxel at the coarsest level) and mapped to ``[A | t]`` by a fully connected head
+    whose last layer starts at zero, so that the initial output is the identity ``[I | 0]``.
+    The network is applied ``passes`` times in a recursive cascade: each pass reads the
+    moving image warped by the previous passes and refines their affine.
 
     Parameters
     ----------
@@ -39,11 +42,24 @@ class AffineNet(nn.Module):
         Width of the hidden fully connected layer.
     norm : bool
         Instance normalisation after each convolution (steadier training from a batch of one).
+    pool : int
+        Average-pooling factor of the inputs (the affine needs no fine detail).
+    passes : int
+        Passes of the recursive cascade.
     """
 
-    def __init__(self, features: Sequence[int] = (16, 32, 64, 64, 64), hidden: int = 256, norm: bool = True) -> None:
+    def __init__(
+        self,
+        features: Sequence[int] = (16, 32, 64, 64),
+        hidden: int = 256,
+        norm: bool = True,
+        pool: int = 2,
+        passes: int = 2,
+    ) -> None:
         super().__init__()
-        self.config = {"features": list(features), "hidden": int(hidden), "norm": bool(norm)}
+        if pool < 1 or passes < 1:
+            raise ValueError(f"pool and passes must be >= 1, got {pool} and {passes}")
+        self.config = {"features": list(features), "hidden": int(hidden), "norm": bool(norm), "pool": int(pool), "passes": int(passes)}
         layers, channels = [], 2
         for width in features:
             layers += [_conv(channels, width, stride=2, norm=norm), _conv(width, width, norm=norm)]
@@ -55,14 +71,35 @@ class AffineNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.register_buffer("identity", torch.eye(3, 4), persistent=False)
+        self.warp = AffineTransformer()
 
-    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-        """Return theta (N, 3, 4) for (N, 1, X, Y, Z) inputs."""
+    def downsample(self, image: torch.Tensor) -> torch.Tensor:
+        """Average-pool an (N, C, X, Y, Z) image to the resolution the network reads."""
+        factor = self.config["pool"]
+        return F.avg_pool3d(image, factor) if factor > 1 else image
+
+    def step(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        """One pass on already downsampled inputs: theta (N, 3, 4)."""
         smallest = 2 ** (len(self.config["features"]) + 1)
         if min(fixed.shape[2:]) < smallest:
-            raise ValueError(f"AffineNet needs grid sides of at least {smallest} voxels, got {tuple(fixed.shape[2:])}")
+            raise ValueError(
+                f"AffineNet needs grid sides of at least {smallest * self.config['pool']} voxels, "
+                f"got {tuple(s * self.config['pool'] for s in fixed.shape[2:])}"
+            )
         x = self.pool(self.encoder(torch.cat([fixed, moving], dim=1)))
         return self.identity + self.out(self.head(x)).view(-1, 3, 4)
+
+    def cascade(self, fixed: torch.Tensor, moving: torch.Tensor) -> list[torch.Tensor]:
+        """Theta after each pass, for downsampled (N, 1, X, Y, Z) inputs."""
+        thetas = [self.step(fixed, moving)]
+        for _ in range(self.config["passes"] - 1):
+            refinement = self.step(fixed, self.warp(moving, thetas[-1]))
+            thetas.append(compose_affine(thetas[-1], refinement))
+        return thetas
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        """Return theta (N, 3, 4) for (N, 1, X, Y, Z) inputs on the network grid."""
+        return self.cascade(self.downsample(fixed), self.downsample(moving))[-1]
 
 
 class DeformableNet(nn.Module):

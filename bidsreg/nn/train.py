@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +40,10 @@ class TrainConfig:
     ----------
     affine_steps, deformable_steps : int
         Optimiser steps (one pair each) of the global and the local stage.
+    affine_pool : int
+        The global network reads the grid average-pooled by this factor.
+    affine_passes : int
+        Passes of the global network's recursive cascade; its loss is the mean over passes.
     affine_learning_rate, learning_rate : float
         Adam step sizes of the global and of the local stage.
     smoothness : float
@@ -66,9 +71,11 @@ class TrainConfig:
     preprocess : PreprocessConfig
     """
 
-    affine_steps: int = 1500
+    affine_steps: int = 4000
     deformable_steps: int = 1500
-    affine_learning_rate: float = 1e-4
+    affine_pool: int = 2
+    affine_passes: int = 2
+    affine_learning_rate: float = 3e-4
     learning_rate: float = 3e-4
     smoothness: float = 1.0
     window: int = 9
@@ -80,7 +87,7 @@ class TrainConfig:
     gamma_sd: float = 0.15
     checkpoint_every: int = 100
     seed: int = 0
-    affine_features: tuple[int, ...] = (16, 32, 64, 64, 64)
+    affine_features: tuple[int, ...] = (16, 32, 64, 64)
     affine_norm: bool = True
     encoder: tuple[int, ...] = (16, 32, 32, 32)
     decoder: tuple[int, ...] = (32, 32, 32, 32)
@@ -228,7 +235,9 @@ def train(
             return payload
 
     torch.manual_seed(config.seed)
-    affine_net = AffineNet(config.affine_features, norm=config.affine_norm).to(dev)
+    affine_net = AffineNet(
+        config.affine_features, norm=config.affine_norm, pool=config.affine_pool, passes=config.affine_passes
+    ).to(dev)
     deformable_net = DeformableNet(
         config.encoder, config.decoder, config.head, config.diffeomorphic, config.integration_steps
     ).to(dev)
@@ -238,7 +247,7 @@ def train(
     }
     generator = torch.Generator().manual_seed(config.seed)
     history: dict[str, list[float]] = {"affine": [], "deformable": []}
-    step = 0
+    step, seconds = 0, 0.0
     if payload is not None:
         affine_net.load_state_dict(payload["state"]["affine"])
         deformable_net.load_state_dict(payload["state"]["deformable"])
@@ -247,6 +256,8 @@ def train(
         generator.set_state(payload["resume"]["generator"])
         history = {key: list(values) for key, values in payload["training"]["history"].items()}
         step = int(payload["resume"]["step"])
+        seconds = float(payload["training"]["seconds"])
+    started = time.perf_counter()
 
     total = config.affine_steps + config.deformable_steps
     stop = total if until is None else min(total, until)
@@ -268,6 +279,7 @@ def train(
                 "seed": config.seed,
                 "device": dev.type,
                 "steps": step,
+                "seconds": seconds + time.perf_counter() - started,
             },
         }
         if not complete:
@@ -284,8 +296,9 @@ def train(
         if step < config.affine_steps:
             stage = "affine"
             moving_grid = _gamma(grid.resample(moving, start), generator, config.gamma_sd)
-            theta = affine_net(fixed_grid, moving_grid)
-            loss = losses["global"](fixed_grid, warp_affine(moving_grid, theta))
+            fixed_low, moving_low = affine_net.downsample(fixed_grid), affine_net.downsample(moving_grid)
+            thetas = affine_net.cascade(fixed_low, moving_low)
+            loss = sum(losses["global"](fixed_low, warp_affine(moving_low, theta)) for theta in thetas) / len(thetas)
         else:
             stage = "deformable"
             with torch.no_grad():
