@@ -10,7 +10,7 @@ import torch
 
 from bidsreg.image import Volume
 from bidsreg.metrics import world_jacobian_determinant
-from bidsreg.nn.layers import AffineTransformer, affine_coordinates, identity_grid
+from bidsreg.nn.layers import AffineTransformer, affine_coordinates, grid_frame, identity_grid
 from bidsreg.nn.losses import LocalNCC
 from bidsreg.nn.networks import DeformableNet
 from bidsreg.preprocess import (
@@ -228,6 +228,38 @@ def test_untrained_model_registers_by_centre_of_mass(phantom, untrained_model, t
     assert np.allclose(result.com_affine[:3, 3], shift, atol=0.3)
     assert np.abs(result.displacement).max() < 0.1
     assert result.inverse_displacement is None
+
+
+def _network_predicting(model: RegistrationModel, theta: np.ndarray) -> None:
+    """Make the global network output ``theta`` for any input (every pass: identity after)."""
+    model.affine_net.config["passes"] = 1
+    with torch.no_grad():
+        model.affine_net.out.bias.copy_(torch.from_numpy((theta - np.eye(3, 4)).ravel()))
+
+
+def _theta_of(grid, world_map: np.ndarray) -> np.ndarray:
+    """Inverse of NetworkGrid.theta_to_world."""
+    voxel_map = np.linalg.inv(grid.affine) @ world_map @ grid.affine
+    centre, radius = grid_frame(grid.shape)
+    c = np.asarray(centre)
+    linear = voxel_map[:3, :3]
+    return np.concatenate([linear, ((voxel_map[:3, 3] - c + linear @ c) / radius)[:, None]], axis=1)
+
+
+def test_global_stage_keeps_the_start_when_the_network_would_make_it_worse(phantom, phantom_files, known_map, untrained_model):
+    """A network that predicts a 20° rotation is overruled; one that predicts the true
+    affine is followed."""
+    _network_predicting(untrained_model, np.concatenate([rotation_matrix((20, 0, 0)), np.zeros((3, 1))], 1))
+    wrong = register(phantom_files["fixed"], phantom_files["moving"], untrained_model)
+    assert np.allclose(wrong.affine, wrong.com_affine)
+    _network_predicting(untrained_model, _theta_of(wrong.grid, np.linalg.inv(wrong.com_affine) @ known_map))
+    right = register(phantom_files["fixed"], phantom_files["moving"], untrained_model)
+    points = phantom.brain_points(50)
+    error = {
+        name: np.linalg.norm(map_points(points, value) - map_points(points, known_map), axis=1).max()
+        for name, value in (("com", right.com_affine), ("network", right.affine))
+    }
+    assert error["com"] > 2.0 and error["network"] < 1e-6, error
 
 
 def test_register_rejects_negative_instance_steps(phantom_files, untrained_model):
