@@ -6,6 +6,7 @@ DKT31aseg labels (on the fixed image's 1 mm grid) for original / com / global / 
 with % folding, SDlogJ and seconds per pair, next to antspyx Affine and SyN on the same pairs.
 
     python benchmarks/oasis_benchmark.py [--data DIR] [--device auto] [--skip-ants]
+        [--global-instance-steps N] [--local-instance-steps N]
 
 Figures are printed and written to benchmarks/results/oasis_<tag>.{json,md}.
 """
@@ -46,9 +47,11 @@ def _warp_labels(moving_labels: Volume, fixed: Volume, affine: np.ndarray, displ
     return apply_transform(moving_labels, fixed.shape, fixed.affine, affine, displacement, interpolation="nearest")
 
 
-def _cnn_pair(model, fixed_id, moving_id, data, fixed, fixed_labels, moving_labels, instance_steps=0) -> dict:
+def _cnn_pair(model, fixed_id, moving_id, data, fixed, fixed_labels, moving_labels, steps=(0, 0)) -> dict:
     tick = time.perf_counter()
-    result = register(t1w(data, fixed_id), t1w(data, moving_id), model, instance_steps=instance_steps)
+    result = register(
+        t1w(data, fixed_id), t1w(data, moving_id), model, global_instance_steps=steps[0], local_instance_steps=steps[1]
+    )
     seconds = time.perf_counter() - tick
     out = {
         "original": {"dice": _dice(_warp_labels(moving_labels, fixed, np.eye(4)), fixed_labels)},
@@ -127,7 +130,8 @@ def main(argv=None) -> int:
     parser.add_argument("--affine-steps", type=int, default=TrainConfig.affine_steps)
     parser.add_argument("--deformable-steps", type=int, default=TrainConfig.deformable_steps)
     parser.add_argument("--skip-ants", action="store_true", help="CNN only (no antspyx baselines)")
-    parser.add_argument("--instance-steps", type=int, default=0, help="instance optimisation steps per stage")
+    parser.add_argument("--global-instance-steps", type=int, default=0, help="instance optimisation of the affine")
+    parser.add_argument("--local-instance-steps", type=int, default=0, help="instance optimisation of the field")
     parser.add_argument("--tag", default=None, help="name of the result files (default: from the steps)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
@@ -137,7 +141,9 @@ def main(argv=None) -> int:
     checkpoint = trained_checkpoint(data, config, args.device)
     print(f"checkpoint {checkpoint} ready in {time.perf_counter() - tick:.0f} s")
     model = RegistrationModel.from_checkpoint(checkpoint, args.device)
-    tag = args.tag or f"a{args.affine_steps}_d{args.deformable_steps}_i{args.instance_steps}"
+    steps = (args.global_instance_steps, args.local_instance_steps)
+    variant = (f"g{steps[0]}_" if steps[0] else "") + f"i{steps[1]}"
+    tag = args.tag or f"a{args.affine_steps}_d{args.deformable_steps}_{variant}"
     results = REPO / "benchmarks" / "results" / f"oasis_{tag}"
     pairs, cache = {}, cache_dir() / "oasis-results"
     for fixed_id, moving_id in itertools.permutations(TEST_SUBJECTS, 2):
@@ -145,8 +151,8 @@ def main(argv=None) -> int:
         fixed_labels = load_volume(labels(data, fixed_id), labels=True)
         moving_labels = load_volume(labels(data, moving_id), labels=True)
         name = f"{moving_id}to{fixed_id}"
-        pair = _cached(cache / f"{checkpoint.stem}_i{args.instance_steps}_{name}.json", lambda: _cnn_pair(
-            model, fixed_id, moving_id, data, fixed, fixed_labels, moving_labels, args.instance_steps
+        pair = _cached(cache / f"{checkpoint.stem}_{variant}_{name}.json", lambda: _cnn_pair(
+            model, fixed_id, moving_id, data, fixed, fixed_labels, moving_labels, steps
         ))
         if not args.skip_ants:
             for row, kind in (("antsaffine", "Affine"), ("antssyn", "SyN")):

@@ -206,7 +206,8 @@ def register(
     model: RegistrationModel,
     *,
     inverse: bool = False,
-    instance_steps: int = 0,
+    global_instance_steps: int = 0,
+    local_instance_steps: int = 0,
     instance_lr: float = 0.1,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with a trained two-stage model.
@@ -218,19 +219,23 @@ def register(
     model : RegistrationModel
     inverse : bool
         Also compute the inverse displacement field (fixed -> moving direction of warping).
-    instance_steps : int
-        Instance optimisation (0: off, the default): this many Adam steps on the global
-        stage's affine and then on the local stage's field, each from the network's
-        prediction and on that stage's training loss, for this pair only.
+    global_instance_steps : int
+        Instance optimisation of the global stage (0: off, the default): this many Adam steps
+        on the 12 affine parameters, from the network's prediction, on the stage-1 loss on
+        the pooled grid the network reads (cheap: about a second for 200 steps on 2 CPU threads).
+    local_instance_steps : int
+        Instance optimisation of the local stage (0: off, the default): this many Adam steps on
+        the network's output field, on the stage-2 loss, for this pair only.
     instance_lr : float
-        Step size of the instance optimisation (voxels).
+        Step size of the local instance optimisation (grid voxels).
 
     Returns
     -------
     RegistrationResult
     """
-    if instance_steps < 0:
-        raise ValueError(f"instance_steps must be >= 0, got {instance_steps}")
+    for name, steps in (("global_instance_steps", global_instance_steps), ("local_instance_steps", local_instance_steps)):
+        if steps < 0:
+            raise ValueError(f"{name} must be >= 0, got {steps}")
     seconds, tick = {}, time.perf_counter()
     fixed_vol, moving_vol = _as_volume(fixed), _as_volume(moving)
     seconds["load"] = time.perf_counter() - tick
@@ -243,7 +248,7 @@ def register(
     seconds["preprocess"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    world_map = global_world_map(model.affine_net, grid, fixed_grid, moving_img, com, instance_steps)
+    world_map = global_world_map(model.affine_net, grid, fixed_grid, moving_img, com, global_instance_steps)
     moving_grid = grid.resample(moving_img, world_map)
     _check_overlap(fixed_grid, moving_grid, cfg.foreground, moving_vol.path or "moving image")
     seconds["global"] = time.perf_counter() - tick
@@ -251,8 +256,8 @@ def register(
     tick = time.perf_counter()
     net = model.deformable_net
     velocity = net.velocity(fixed_grid, moving_grid)
-    if instance_steps:
-        velocity = _instance_optimise(model, fixed_grid, moving_grid, velocity, instance_steps, instance_lr)
+    if local_instance_steps:
+        velocity = _instance_optimise(model, fixed_grid, moving_grid, velocity, local_instance_steps, instance_lr)
     field_voxels = net.integrate(velocity) if net.integrate is not None else velocity
     displacement = _to_fixed_grid(grid.displacement_to_world(field_voxels), grid, fixed_vol.shape, fixed_vol.affine)
     seconds["local"] = time.perf_counter() - tick

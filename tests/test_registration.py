@@ -2,6 +2,7 @@
 (bidsreg.registration) on the synthetic phantom of conftest.py."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 
 import numpy as np
@@ -12,7 +13,7 @@ from bidsreg.image import Volume
 from bidsreg.metrics import world_jacobian_determinant
 from bidsreg.nn.layers import AffineTransformer, affine_coordinates, grid_frame, identity_grid
 from bidsreg.nn.losses import LocalNCC
-from bidsreg.nn.networks import DeformableNet
+from bidsreg.nn.networks import AffineNet, DeformableNet
 from bidsreg.preprocess import (
     NetworkGrid,
     PreparedImage,
@@ -262,9 +263,25 @@ def test_global_stage_keeps_the_start_when_the_network_would_make_it_worse(phant
     assert error["com"] > 2.0 and error["network"] < 1e-6, error
 
 
-def test_register_rejects_negative_instance_steps(phantom_files, untrained_model):
-    with pytest.raises(ValueError, match="instance_steps"):
-        register(phantom_files["fixed"], phantom_files["moving"], untrained_model, instance_steps=-1)
+def test_global_instance_optimisation_recovers_an_affine_the_network_misses(phantom, phantom_files, known_map, untrained_model):
+    """From an identity network, Adam steps on the 12 parameters (stage-1 loss on the grid the
+    network reads: here the 4 mm grid itself, as the phantom is small) recover the
+    8° / 4 mm / 5 % affine far better than the centre of mass alone."""
+    identity = AffineNet(untrained_model.affine_net.config["features"], pool=1, passes=1).eval()
+    model = dataclasses.replace(untrained_model, affine_net=identity)
+    result = register(phantom_files["fixed"], phantom_files["moving"], model, global_instance_steps=200)
+    points = phantom.brain_points(100)
+    error = {
+        name: np.linalg.norm(map_points(points, value) - map_points(points, known_map), axis=1).mean()
+        for name, value in (("com", result.com_affine), ("refined", result.affine))
+    }
+    assert error["refined"] < 0.4 * error["com"], error
+
+
+@pytest.mark.parametrize("stage", ["global", "local"])
+def test_register_rejects_negative_instance_steps(phantom_files, untrained_model, stage):
+    with pytest.raises(ValueError, match=f"{stage}_instance_steps must be >= 0"):
+        register(phantom_files["fixed"], phantom_files["moving"], untrained_model, **{f"{stage}_instance_steps": -1})
 
 
 def bad_image(kind: str, phantom, folder) -> str:
@@ -392,7 +409,7 @@ def test_diffeomorphic_inverse_maps_points_back(phantom, phantom_files, untraine
     net = DeformableNet(**untrained_model.deformable_net.config | {"diffeomorphic": True}).eval()
     model = RegistrationModel(untrained_model.affine_net, net, untrained_model.preprocess, smoothness=1.0)
     result = register(
-        phantom_files["fixed"], phantom_files["deformed"], model, inverse=True, instance_steps=30, instance_lr=0.1
+        phantom_files["fixed"], phantom_files["deformed"], model, inverse=True, local_instance_steps=30, instance_lr=0.1
     )
     points = phantom.brain_points()
     moved = map_points(points, result.affine, result.displacement, result.fixed_affine)
@@ -410,7 +427,7 @@ def test_instance_optimisation_does_not_lower_local_ncc(phantom, known_map, phan
     shape, affine = phantom.SHAPE, phantom.affine()
     scores, fields = [], []
     for steps in (0, 20):
-        result = register(phantom_files["fixed"], phantom_files["deformed"], trained_model, instance_steps=steps)
+        result = register(phantom_files["fixed"], phantom_files["deformed"], trained_model, local_instance_steps=steps)
         warped = apply_transform(moving, shape, affine, result.affine, result.displacement)
         scores.append(local_ncc(fixed, warped))
         fields.append(result.displacement)
