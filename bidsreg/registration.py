@@ -25,6 +25,8 @@ __all__ = ["RegistrationModel", "RegistrationResult", "register", "resolve_devic
 
 #: Below this Dice of the two foregrounds after the global stage, the pair is refused.
 MIN_FOREGROUND_DICE = 0.2
+#: Fixed-point iterations of the inverse of a non-diffeomorphic field (see _inverse_on_grid).
+INVERSE_ITERATIONS = 20
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -282,11 +284,16 @@ def register(
 
 def _inverse_on_grid(net: DeformableNet, grid: NetworkGrid, velocity: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
     """Inverse of the grid displacement, in mm: exact integration of ``-v`` for a
-    diffeomorphic network, fixed-point inversion of the field otherwise."""
+    diffeomorphic network, fixed-point inversion of the field otherwise.
+
+    The fixed-point inversion runs at most :data:`INVERSE_ITERATIONS` iterations: where the
+    field is smooth it has converged far below a voxel by then, and where the field folds it
+    never converges (there is no inverse), so more iterations would only cost time.
+    """
     if net.integrate is not None:
         return grid.displacement_to_world(net.integrate(-velocity))
     world = grid.displacement_to_world(field)[0].permute(1, 2, 3, 0).cpu().numpy()
-    inverse = invert_displacement(world, grid.affine)
+    inverse = invert_displacement(world, grid.affine, iterations=INVERSE_ITERATIONS)
     return torch.from_numpy(inverse).permute(3, 0, 1, 2)[None].to(field.device)
 
 
