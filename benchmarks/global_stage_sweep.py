@@ -1,0 +1,100 @@
+"""Sweep of the global stage's training length on training subjects only (CONVENTIONS.md).
+
+Trains stage 1 alone on OASIS-TRT-20 sub-01..sub-06 (T1w, no labels) and, after each of the
+given step counts, measures the DKT31aseg Dice of the centre-of-mass start and of the global
+stage on 14 pairs that involve the held-out training subjects sub-07 and sub-08 (sub-07 <->
+sub-08, and each of them with three of sub-01..06 in each direction). The evaluation
+subjects sub-09..sub-12 are never read.
+
+    python benchmarks/global_stage_sweep.py [--data DIR] [--steps 4000,8000,12000]
+
+Figures are printed and written to benchmarks/results/global_sweep.{json,md}. The training
+checkpoint and a snapshot at each step count are cached under ~/.cache/bidsreg, so an
+interrupted sweep resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, cache_dir, labels, oasis_dir, t1w, write_json  # noqa: E402
+
+from bidsreg.image import load_volume  # noqa: E402
+from bidsreg.metrics import overlap_table, summarise  # noqa: E402
+from bidsreg.nn.checkpoint import build_networks, load_checkpoint  # noqa: E402
+from bidsreg.nn.train import TrainConfig, train  # noqa: E402
+from bidsreg.preprocess import NetworkGrid, prepare_image, translation  # noqa: E402
+from bidsreg.registration import global_world_map  # noqa: E402
+from bidsreg.transforms import apply_transform  # noqa: E402
+
+SWEEP_TRAIN = ["01", "02", "03", "04", "05", "06"]
+PAIRS = (
+    [("07", "08"), ("08", "07")]
+    + [(held, seen) for held in ("07", "08") for seen in ("01", "03", "05")]
+    + [(seen, held) for held in ("07", "08") for seen in ("02", "04", "06")]
+)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="OASIS-TRT-20 BIDS folder (default: $BIDSREG_OASIS_DIR or ../shared)")
+    parser.add_argument("--steps", default="4000,8000,12000", help="comma-separated step counts")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    data = oasis_dir(args.data)
+    steps = sorted(int(s) for s in args.steps.split(","))
+    config = TrainConfig(affine_steps=steps[-1], deformable_steps=0, checkpoint_every=500)
+    checkpoint = cache_dir() / f"global-sweep-{steps[-1]}.pt"
+    subjects = sorted(set(itertools.chain(*PAIRS)))
+    volumes = {s: load_volume(t1w(data, s)) for s in subjects}
+    label_maps = {s: load_volume(labels(data, s), labels=True) for s in subjects}
+    prepared = {s: prepare_image(volumes[s], config.preprocess) for s in subjects}
+
+    def dice(fixed: str, moving: str, world_map: np.ndarray) -> float:
+        fixed_vol = volumes[fixed]
+        warped = apply_transform(label_maps[moving], fixed_vol.shape, fixed_vol.affine, world_map, interpolation="nearest")
+        return summarise(overlap_table(warped, label_maps[fixed].data))["dice"]
+
+    rows, com_dice = [], {}
+    for until in steps:
+        snapshot = checkpoint.with_name(f"{checkpoint.stem}-at-{until}.pt")
+        if not snapshot.is_file():
+            payload = train([t1w(data, s) for s in SWEEP_TRAIN], checkpoint, config, device="cpu", until=until, progress=False)
+            if payload["training"]["steps"] != until:
+                raise SystemExit(f"{checkpoint} is past {until} steps without a snapshot; delete it to sweep again")
+            shutil.copyfile(checkpoint, snapshot)
+        affine_net, _ = build_networks(load_checkpoint(snapshot))
+        pairs = {}
+        for fixed, moving in PAIRS:
+            f, m = prepared[fixed], prepared[moving]
+            grid = NetworkGrid.covering(f, config.preprocess)
+            com = translation(m.centre - f.centre)
+            with torch.no_grad():
+                world_map = global_world_map(affine_net, grid, grid.resample(f), m, com)
+            if (fixed, moving) not in com_dice:
+                com_dice[fixed, moving] = dice(fixed, moving, com)
+            pairs[f"sub-{moving}->sub-{fixed}"] = {"com": com_dice[fixed, moving], "global": dice(fixed, moving, world_map)}
+        com_mean = float(np.mean([p["com"] for p in pairs.values()]))
+        global_mean = float(np.mean([p["global"] for p in pairs.values()]))
+        better = sum(p["global"] > p["com"] for p in pairs.values())
+        rows.append({"steps": until, "com": com_mean, "global": global_mean, "better": better, "pairs": pairs})
+        print(f"{until} steps: com {com_mean:.3f}, global {global_mean:.3f}, global better on {better}/{len(pairs)}", flush=True)
+    lines = ["| global steps | com Dice | global Dice | pairs improved |", "|---|---|---|---|"]
+    lines += [f"| {r['steps']} | {r['com']:.3f} | {r['global']:.3f} | {r['better']}/{len(PAIRS)} |" for r in rows]
+    command = "python benchmarks/global_stage_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    results = REPO / "benchmarks" / "results" / "global_sweep"
+    write_json(results.with_suffix(".json"), {"command": command.strip(), "train": SWEEP_TRAIN, "rows": rows})
+    results.with_suffix(".md").write_text(f"`{command.strip()}`\n\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
