@@ -6,8 +6,13 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from bidsreg.atomic import atomic_output
+from bidsreg.image import Volume
+from bidsreg.metrics import overlap_table, summarise
 from bidsreg.nn.train import TrainConfig, train
+from bidsreg.transforms import apply_transform
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SUBJECTS = [f"{i:02d}" for i in range(1, 9)]
@@ -49,3 +54,16 @@ def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, default=float))
+
+
+def dice(warped: np.ndarray, fixed_labels: Volume) -> float:
+    """Mean Dice over the labels of ``fixed_labels`` of a label map already on its grid."""
+    return summarise(overlap_table(warped, fixed_labels.data, spacing=fixed_labels.spacing))["dice"]
+
+
+def label_dice(moving_labels: Volume, fixed_labels: Volume, affine: np.ndarray, displacement=None) -> float:
+    """:func:`dice` after warping ``moving_labels`` (nearest) onto the fixed labels' grid."""
+    warped = apply_transform(
+        moving_labels, fixed_labels.shape, fixed_labels.affine, affine, displacement, interpolation="nearest"
+    )
+    return dice(warped, fixed_labels)

@@ -24,15 +24,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, cache_dir, labels, oasis_dir, t1w, write_json  # noqa: E402
+from common import REPO, cache_dir, label_dice, labels, oasis_dir, t1w, write_json  # noqa: E402
 
 from bidsreg.image import load_volume  # noqa: E402
-from bidsreg.metrics import overlap_table, summarise  # noqa: E402
 from bidsreg.nn.checkpoint import build_networks, load_checkpoint  # noqa: E402
 from bidsreg.nn.train import TrainConfig, train  # noqa: E402
 from bidsreg.preprocess import NetworkGrid, prepare_image, translation  # noqa: E402
 from bidsreg.registration import global_world_map  # noqa: E402
-from bidsreg.transforms import apply_transform  # noqa: E402
 
 SWEEP_TRAIN = ["01", "02", "03", "04", "05", "06"]
 PAIRS = (
@@ -53,14 +51,8 @@ def main(argv=None) -> int:
     config = TrainConfig(affine_steps=steps[-1], deformable_steps=0, checkpoint_every=500)
     checkpoint = cache_dir() / f"global-sweep-{steps[-1]}.pt"
     subjects = sorted(set(itertools.chain(*PAIRS)))
-    volumes = {s: load_volume(t1w(data, s)) for s in subjects}
     label_maps = {s: load_volume(labels(data, s), labels=True) for s in subjects}
-    prepared = {s: prepare_image(volumes[s], config.preprocess) for s in subjects}
-
-    def dice(fixed: str, moving: str, world_map: np.ndarray) -> float:
-        fixed_vol = volumes[fixed]
-        warped = apply_transform(label_maps[moving], fixed_vol.shape, fixed_vol.affine, world_map, interpolation="nearest")
-        return summarise(overlap_table(warped, label_maps[fixed].data))["dice"]
+    prepared = {s: prepare_image(load_volume(t1w(data, s)), config.preprocess) for s in subjects}
 
     rows, com_dice = [], {}
     for until in steps:
@@ -79,8 +71,11 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 world_map = global_world_map(affine_net, grid, grid.resample(f), m, com)
             if (fixed, moving) not in com_dice:
-                com_dice[fixed, moving] = dice(fixed, moving, com)
-            pairs[f"sub-{moving}->sub-{fixed}"] = {"com": com_dice[fixed, moving], "global": dice(fixed, moving, world_map)}
+                com_dice[fixed, moving] = label_dice(label_maps[moving], label_maps[fixed], com)
+            pairs[f"sub-{moving}->sub-{fixed}"] = {
+                "com": com_dice[fixed, moving],
+                "global": label_dice(label_maps[moving], label_maps[fixed], world_map),
+            }
         com_mean = float(np.mean([p["com"] for p in pairs.values()]))
         global_mean = float(np.mean([p["global"] for p in pairs.values()]))
         better = sum(p["global"] > p["com"] for p in pairs.values())

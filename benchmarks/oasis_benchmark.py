@@ -27,24 +27,26 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, TEST_SUBJECTS, cache_dir, labels, oasis_dir, t1w, trained_checkpoint, write_json  # noqa: E402
+from common import (  # noqa: E402
+    REPO,
+    TEST_SUBJECTS,
+    cache_dir,
+    dice,
+    label_dice,
+    labels,
+    oasis_dir,
+    t1w,
+    trained_checkpoint,
+    write_json,
+)
 
-from bidsreg.image import Volume, load_volume  # noqa: E402
+from bidsreg.image import load_volume  # noqa: E402
 from bidsreg.itk import read_displacement  # noqa: E402
-from bidsreg.metrics import jacobian_stats, overlap_table, summarise, world_jacobian_determinant  # noqa: E402
+from bidsreg.metrics import jacobian_stats, world_jacobian_determinant  # noqa: E402
 from bidsreg.nn.train import TrainConfig  # noqa: E402
 from bidsreg.registration import RegistrationModel, register  # noqa: E402
-from bidsreg.transforms import apply_transform  # noqa: E402
 
 ROWS = ["original", "com", "global", "registered", "antsaffine", "antssyn"]
-
-
-def _dice(warped: np.ndarray, fixed_labels: Volume) -> float:
-    return summarise(overlap_table(warped, fixed_labels.data, spacing=fixed_labels.spacing))["dice"]
-
-
-def _warp_labels(moving_labels: Volume, fixed: Volume, affine: np.ndarray, displacement=None) -> np.ndarray:
-    return apply_transform(moving_labels, fixed.shape, fixed.affine, affine, displacement, interpolation="nearest")
 
 
 def _cnn_pair(model, fixed_id, moving_id, data, fixed, fixed_labels, moving_labels, steps=(0, 0)) -> dict:
@@ -54,15 +56,14 @@ def _cnn_pair(model, fixed_id, moving_id, data, fixed, fixed_labels, moving_labe
     )
     seconds = time.perf_counter() - tick
     out = {
-        "original": {"dice": _dice(_warp_labels(moving_labels, fixed, np.eye(4)), fixed_labels)},
-        "com": {"dice": _dice(_warp_labels(moving_labels, fixed, result.com_affine), fixed_labels)},
-        "global": {"dice": _dice(_warp_labels(moving_labels, fixed, result.affine), fixed_labels), "seconds": seconds},
+        "original": {"dice": label_dice(moving_labels, fixed_labels, np.eye(4))},
+        "com": {"dice": label_dice(moving_labels, fixed_labels, result.com_affine)},
+        "global": {"dice": label_dice(moving_labels, fixed_labels, result.affine), "seconds": seconds},
     }
     det = world_jacobian_determinant(result.displacement, fixed.affine)
     stats = jacobian_stats(det, fixed.data > 0)
-    warped = _warp_labels(moving_labels, fixed, result.affine, result.displacement)
     out["registered"] = {
-        "dice": _dice(warped, fixed_labels),
+        "dice": label_dice(moving_labels, fixed_labels, result.affine, result.displacement),
         "seconds": seconds,
         "folding_percent": stats["folding_percent"],
         "sdlogj": stats["sdlogj"],
@@ -85,7 +86,7 @@ def _ants_pair(kind: str, fixed_id, moving_id, data, fixed, fixed_labels) -> dic
             reg["fwdtransforms"],
             interpolator="nearestNeighbor",
         )
-        out = {"dice": _dice(warped.numpy().astype(np.int32), fixed_labels), "seconds": seconds}
+        out = {"dice": dice(warped.numpy().astype(np.int32), fixed_labels), "seconds": seconds}
         warps = [t for t in reg["fwdtransforms"] if t.endswith(".nii.gz")]
         if warps:
             field, field_affine = read_displacement(warps[0])

@@ -65,7 +65,7 @@ class AffineNet(nn.Module):
             layers += [_conv(channels, width, stride=2, norm=norm), _conv(width, width, norm=norm)]
             channels = width
         self.encoder = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool3d(4)
+        self.cells = nn.AdaptiveAvgPool3d(4)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels * 64, hidden), nn.LeakyReLU(0.2))
         self.out = nn.Linear(hidden, 12)
         nn.init.zeros_(self.out.weight)
@@ -86,7 +86,7 @@ class AffineNet(nn.Module):
                 f"AffineNet needs grid sides of at least {smallest * self.config['pool']} voxels, "
                 f"got {tuple(s * self.config['pool'] for s in fixed.shape[2:])}"
             )
-        x = self.pool(self.encoder(torch.cat([fixed, moving], dim=1)))
+        x = self.cells(self.encoder(torch.cat([fixed, moving], dim=1)))
         return self.identity + self.out(self.head(x)).view(-1, 3, 4)
 
     def cascade(self, fixed: torch.Tensor, moving: torch.Tensor) -> list[torch.Tensor]:
