@@ -15,11 +15,11 @@ import torch
 
 from .image import Volume, load_volume
 from .nn.checkpoint import build_networks, load_checkpoint
-from .nn.layers import AffineTransformer, SpatialTransformer, identity_grid, sample
+from .nn.layers import AffineTransformer, SpatialTransformer
 from .nn.losses import GlobalNCC, Gradient, LocalNCC
 from .nn.networks import AffineNet, DeformableNet
-from .transforms import invert_displacement
 from .preprocess import NetworkGrid, PreparedImage, PreprocessConfig, prepare_image, translation
+from .transforms import invert_displacement, resample_displacement
 
 __all__ = ["RegistrationModel", "RegistrationResult", "register", "resolve_device", "global_world_map"]
 
@@ -163,22 +163,6 @@ def _check_overlap(fixed: torch.Tensor, moving: torch.Tensor, threshold: float, 
         )
 
 
-def _to_fixed_grid(field_world: torch.Tensor, grid: NetworkGrid, shape, affine: np.ndarray) -> np.ndarray:
-    """Interpolate a (1, 3, gx, gy, gz) field in mm from the network grid onto a fixed grid."""
-    matrix = np.linalg.inv(grid.affine) @ affine
-    m = torch.as_tensor(matrix, dtype=field_world.dtype, device=field_world.device)
-    out = np.empty(tuple(shape) + (3,), dtype=np.float32)
-    slab = max(1, int(4_000_000 // (shape[1] * shape[2])))
-    for start in range(0, shape[0], slab):
-        stop = min(start + slab, shape[0])
-        voxels = identity_grid((stop - start, shape[1], shape[2]), field_world.device, field_world.dtype)
-        voxels[:, 0] += start
-        coords = torch.einsum("ij,njxyz->nixyz", m[:3, :3], voxels) + m[:3, 3].view(1, 3, 1, 1, 1)
-        values = sample(field_world, coords, padding_mode="border")
-        out[start:stop] = values[0].permute(1, 2, 3, 0).cpu().numpy()
-    return out
-
-
 def _instance_optimise(
     model: RegistrationModel, fixed: torch.Tensor, moving: torch.Tensor, start: torch.Tensor, steps: int, lr: float
 ) -> torch.Tensor:
@@ -261,14 +245,16 @@ def register(
     if local_instance_steps:
         velocity = _instance_optimise(model, fixed_grid, moving_grid, velocity, local_instance_steps, instance_lr)
     field_voxels = net.integrate(velocity) if net.integrate is not None else velocity
-    displacement = _to_fixed_grid(grid.displacement_to_world(field_voxels), grid, fixed_vol.shape, fixed_vol.affine)
+    displacement = resample_displacement(
+        _channels_last(grid.displacement_to_world(field_voxels)), grid.affine, fixed_vol.shape, fixed_vol.affine
+    )
     seconds["local"] = time.perf_counter() - tick
 
     inverse_displacement = None
     if inverse:
         tick = time.perf_counter()
         inverse_grid = _inverse_on_grid(net, grid, velocity, field_voxels)
-        inverse_displacement = _to_fixed_grid(inverse_grid, grid, fixed_vol.shape, fixed_vol.affine)
+        inverse_displacement = resample_displacement(inverse_grid, grid.affine, fixed_vol.shape, fixed_vol.affine)
         seconds["inverse"] = time.perf_counter() - tick
     return RegistrationResult(
         fixed_shape=fixed_vol.shape,
@@ -282,8 +268,13 @@ def register(
     )
 
 
-def _inverse_on_grid(net: DeformableNet, grid: NetworkGrid, velocity: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
-    """Inverse of the grid displacement, in mm: exact integration of ``-v`` for a
+def _channels_last(field: torch.Tensor) -> np.ndarray:
+    """(1, 3, X, Y, Z) tensor -> (X, Y, Z, 3) numpy array."""
+    return field[0].permute(1, 2, 3, 0).cpu().numpy()
+
+
+def _inverse_on_grid(net: DeformableNet, grid: NetworkGrid, velocity: torch.Tensor, field: torch.Tensor) -> np.ndarray:
+    """Inverse of the grid displacement, (X, Y, Z, 3) in mm: exact integration of ``-v`` for a
     diffeomorphic network, fixed-point inversion of the field otherwise.
 
     The fixed-point inversion runs at most :data:`INVERSE_ITERATIONS` iterations: where the
@@ -291,10 +282,8 @@ def _inverse_on_grid(net: DeformableNet, grid: NetworkGrid, velocity: torch.Tens
     never converges (there is no inverse), so more iterations would only cost time.
     """
     if net.integrate is not None:
-        return grid.displacement_to_world(net.integrate(-velocity))
-    world = grid.displacement_to_world(field)[0].permute(1, 2, 3, 0).cpu().numpy()
-    inverse = invert_displacement(world, grid.affine, iterations=INVERSE_ITERATIONS)
-    return torch.from_numpy(inverse).permute(3, 0, 1, 2)[None].to(field.device)
+        return _channels_last(grid.displacement_to_world(net.integrate(-velocity)))
+    return invert_displacement(_channels_last(grid.displacement_to_world(field)), grid.affine, iterations=INVERSE_ITERATIONS)
 
 
 def _on_device(image: PreparedImage, device: torch.device) -> PreparedImage:

@@ -29,6 +29,7 @@ __all__ = [
     "apply_transform",
     "apply_inverse_transform",
     "invert_displacement",
+    "resample_displacement",
 ]
 
 #: Voxels resampled per slab: bounds the temporary coordinate arrays (25 MB each in float64);
@@ -276,6 +277,37 @@ def invert_displacement(
         if change < tolerance:
             break
     return inverse
+
+
+def resample_displacement(
+    displacement: np.ndarray, reference_affine: np.ndarray, shape: tuple[int, int, int], affine: np.ndarray
+) -> np.ndarray:
+    """A displacement field carried onto another grid (trilinear; border values extended).
+
+    Parameters
+    ----------
+    displacement : numpy.ndarray
+        (X, Y, Z, 3) displacement in RAS+ mm.
+    reference_affine : numpy.ndarray
+        (4, 4) voxel -> RAS+ mm of its grid.
+    shape : tuple of int
+        Shape of the output grid.
+    affine : numpy.ndarray
+        (4, 4) voxel -> RAS+ mm of the output grid.
+
+    Returns
+    -------
+    numpy.ndarray
+        (*shape, 3) float32 displacement in RAS+ mm. The vectors are sampled, not transformed:
+        both grids share the RAS+ world frame.
+    """
+    shape = _check_shape(tuple(shape), "shape")
+    affine = _check_affine(affine, "affine")
+    field = _field_sampler(displacement, reference_affine, extend=True)
+    out = np.empty(shape + (3,), dtype=np.float32)
+    for slab, world in _world_slabs(shape, affine):
+        out[slab] = field(world)
+    return out
 
 
 def _resample(
