@@ -7,8 +7,11 @@ sub-08, and each of them with three of sub-01..06 in each direction). The evalua
 subjects sub-09..sub-12 are never read.
 
     python benchmarks/global_stage_sweep.py [--data DIR] [--steps 4000,8000,12000]
+        [--fixed-augmentation ROTATION,SCALING,TRANSLATION] [--tag TAG]
 
-Figures are printed and written to benchmarks/results/global_sweep.{json,md}. The training
+``--fixed-augmentation`` overrides the fixed image's augmentation bounds (degrees, relative
+scaling, mm; TrainConfig's fixed_max_*), e.g. ``15,0.1,10`` to augment it like the moving one.
+Figures are printed and written to benchmarks/results/global_sweep[_TAG].{json,md}. The training
 checkpoint and a snapshot at each step count are cached under ~/.cache/bidsreg, so an
 interrupted sweep resumes.
 """
@@ -18,6 +21,7 @@ import argparse
 import itertools
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +48,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="OASIS-TRT-20 BIDS folder (default: $BIDSREG_OASIS_DIR or ../shared)")
     parser.add_argument("--steps", default="4000,8000,12000", help="comma-separated step counts")
+    parser.add_argument("--fixed-augmentation", help="fixed image's bounds: degrees,scaling,mm (default: TrainConfig's)")
+    parser.add_argument("--tag", help="suffix of the results files")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     data = oasis_dir(args.data)
     steps = sorted(int(s) for s in args.steps.split(","))
     config = TrainConfig(affine_steps=steps[-1], deformable_steps=0, checkpoint_every=500)
-    checkpoint = cache_dir() / f"global-sweep-{steps[-1]}.pt"
+    if args.fixed_augmentation:
+        rotation, scaling, shift = (float(v) for v in args.fixed_augmentation.split(","))
+        config = replace(config, fixed_max_rotation=rotation, fixed_max_scaling=scaling, fixed_max_translation=shift)
+    bounds = f"{config.fixed_max_rotation:g}-{config.fixed_max_scaling:g}-{config.fixed_max_translation:g}"
+    checkpoint = cache_dir() / f"global-sweep-{steps[-1]}-fixed-{bounds}.pt"
     subjects = sorted(set(itertools.chain(*PAIRS)))
     label_maps = {s: load_volume(labels(data, s), labels=True) for s in subjects}
     prepared = {s: prepare_image(load_volume(t1w(data, s)), config.preprocess) for s in subjects}
@@ -84,8 +94,9 @@ def main(argv=None) -> int:
     lines = ["| global steps | com Dice | global Dice | pairs improved |", "|---|---|---|---|"]
     lines += [f"| {r['steps']} | {r['com']:.3f} | {r['global']:.3f} | {r['better']}/{len(PAIRS)} |" for r in rows]
     command = "python benchmarks/global_stage_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    results = REPO / "benchmarks" / "results" / "global_sweep"
-    write_json(results.with_suffix(".json"), {"command": command.strip(), "train": SWEEP_TRAIN, "rows": rows})
+    results = REPO / "benchmarks" / "results" / ("global_sweep" + (f"_{args.tag}" if args.tag else ""))
+    summary = {"command": command.strip(), "train": SWEEP_TRAIN, "config": config.to_dict(), "rows": rows}
+    write_json(results.with_suffix(".json"), summary)
     results.with_suffix(".md").write_text(f"`{command.strip()}`\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

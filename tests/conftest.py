@@ -217,6 +217,9 @@ AFFINE_TRAINING = dict(
     max_rotation=0.0,
     max_scaling=0.0,
     max_translation=0.0,
+    fixed_max_rotation=0.0,
+    fixed_max_scaling=0.0,
+    fixed_max_translation=0.0,
     gamma_sd=0.0,
     checkpoint_every=10_000,
 )

@@ -55,11 +55,16 @@ class TrainConfig:
     integration_steps : int
         Squarings of that integration.
     max_rotation : float
-        Largest augmentation rotation about each axis (degrees).
+        Largest augmentation rotation of the moving image about each axis (degrees).
     max_scaling : float
-        Largest relative augmentation scaling per axis.
+        Largest relative augmentation scaling of the moving image per axis.
     max_translation : float
-        Largest augmentation translation per axis (mm).
+        Largest augmentation translation of the moving image per axis (mm).
+    fixed_max_rotation, fixed_max_scaling, fixed_max_translation : float
+        The same bounds for the fixed image. They are smaller by default: the moving image's
+        augmentation already covers the pose differences within a pair, and a fixed image that
+        stays close to its stored pose keeps the global network's capacity for precision
+        (``benchmarks/global_stage_sweep.py``).
     gamma_sd : float
         Standard deviation of the log intensity gamma.
     checkpoint_every : int
@@ -71,7 +76,7 @@ class TrainConfig:
     preprocess : PreprocessConfig
     """
 
-    affine_steps: int = 4000
+    affine_steps: int = 8000
     deformable_steps: int = 1500
     affine_pool: int = 2
     affine_passes: int = 2
@@ -84,6 +89,9 @@ class TrainConfig:
     max_rotation: float = 15.0
     max_scaling: float = 0.1
     max_translation: float = 10.0
+    fixed_max_rotation: float = 5.0
+    fixed_max_scaling: float = 0.03
+    fixed_max_translation: float = 3.0
     gamma_sd: float = 0.15
     checkpoint_every: int = 100
     seed: int = 0
@@ -128,16 +136,18 @@ def rotation_matrix(degrees: Sequence[float]) -> np.ndarray:
     return matrix
 
 
-def random_affine(generator: torch.Generator, centre: np.ndarray, config: TrainConfig) -> np.ndarray:
+def random_affine(
+    generator: torch.Generator, centre: np.ndarray, max_rotation: float, max_scaling: float, max_translation: float
+) -> np.ndarray:
     """A random (4, 4) RAS world map about ``centre``: rotation, scaling and translation.
 
-    Parameters are drawn uniformly within the bounds of ``config``; the map itself is then a
-    deterministic function of them.
+    Parameters are drawn uniformly within the bounds (degrees per axis, relative scaling per
+    axis, mm per axis); the map itself is then a deterministic function of them.
     """
     u = torch.rand(9, generator=generator, dtype=torch.float64).numpy() * 2 - 1
-    angles = np.deg2rad(config.max_rotation) * u[:3]
-    scales = 1 + config.max_scaling * u[3:6]
-    shift = config.max_translation * u[6:9]
+    angles = np.deg2rad(max_rotation) * u[:3]
+    scales = 1 + max_scaling * u[3:6]
+    shift = max_translation * u[6:9]
     rotation = rotation_matrix(np.rad2deg(angles))
     linear = rotation @ np.diag(scales)
     matrix = np.eye(4)
@@ -182,8 +192,10 @@ def _sample_pair(cohort: _Cohort, generator: torch.Generator, config: TrainConfi
     """Draw a pair and its augmentation; returns (grid, fixed on grid, moving image, start map)."""
     i, j = cohort.pair(generator)
     fixed, moving, grid = cohort.images[i], cohort.images[j], cohort.grids[i]
-    fixed_map = random_affine(generator, fixed.centre, config)
-    moving_map = random_affine(generator, moving.centre, config)
+    fixed_map = random_affine(
+        generator, fixed.centre, config.fixed_max_rotation, config.fixed_max_scaling, config.fixed_max_translation
+    )
+    moving_map = random_affine(generator, moving.centre, config.max_rotation, config.max_scaling, config.max_translation)
     start = moving_map @ translation(moving.centre - fixed.centre) @ fixed_map
     fixed_grid = _gamma(grid.resample(fixed, fixed_map), generator, config.gamma_sd)
     return grid, fixed_grid, moving, start
