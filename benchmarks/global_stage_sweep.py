@@ -3,7 +3,8 @@
 Trains stage 1 alone on OASIS-TRT-20 sub-01..sub-06 (T1w, no labels) and, after each of the
 given step counts, measures the DKT31aseg Dice of the centre-of-mass start and of the global
 stage on 14 pairs that involve the held-out training subjects sub-07 and sub-08 (sub-07 <->
-sub-08, and each of them with three of sub-01..06 in each direction). The evaluation
+sub-08, and each of them with three of sub-01..06 in each direction), both for the network in
+one direction and for the symmetric global stage that registration uses. The evaluation
 subjects sub-09..sub-12 are never read.
 
     python benchmarks/global_stage_sweep.py [--data DIR] [--steps 4000,8000,12000]
@@ -33,8 +34,8 @@ from common import REPO, cache_dir, label_dice, labels, oasis_dir, t1w, write_js
 from bidsreg.image import load_volume  # noqa: E402
 from bidsreg.nn.checkpoint import build_networks, load_checkpoint  # noqa: E402
 from bidsreg.nn.train import TrainConfig, train  # noqa: E402
-from bidsreg.preprocess import NetworkGrid, prepare_image, translation  # noqa: E402
-from bidsreg.registration import global_world_map  # noqa: E402
+from bidsreg.preprocess import prepare_image  # noqa: E402
+from bidsreg.registration import global_world_map, symmetric_world_map  # noqa: E402
 
 SWEEP_TRAIN = ["01", "02", "03", "04", "05", "06"]
 PAIRS = (
@@ -76,23 +77,32 @@ def main(argv=None) -> int:
         pairs = {}
         for fixed, moving in PAIRS:
             f, m = prepared[fixed], prepared[moving]
-            grid = NetworkGrid.covering(f, config.preprocess)
-            com = translation(m.centre - f.centre)
             with torch.no_grad():
-                world_map = global_world_map(affine_net, grid, grid.resample(f), m, com)
+                stage = symmetric_world_map(affine_net, f, m, config.preprocess)
+                forward = global_world_map(affine_net, stage.grid, stage.fixed, m, stage.com)
             if (fixed, moving) not in com_dice:
-                com_dice[fixed, moving] = label_dice(label_maps[moving], label_maps[fixed], com)
+                com_dice[fixed, moving] = label_dice(label_maps[moving], label_maps[fixed], stage.com)
             pairs[f"sub-{moving}->sub-{fixed}"] = {
                 "com": com_dice[fixed, moving],
-                "global": label_dice(label_maps[moving], label_maps[fixed], world_map),
+                "forward": label_dice(label_maps[moving], label_maps[fixed], forward),
+                "global": label_dice(label_maps[moving], label_maps[fixed], stage.world_map),
             }
-        com_mean = float(np.mean([p["com"] for p in pairs.values()]))
-        global_mean = float(np.mean([p["global"] for p in pairs.values()]))
+        means = {key: float(np.mean([p[key] for p in pairs.values()])) for key in ("com", "forward", "global")}
         better = sum(p["global"] > p["com"] for p in pairs.values())
-        rows.append({"steps": until, "com": com_mean, "global": global_mean, "better": better, "pairs": pairs})
-        print(f"{until} steps: com {com_mean:.3f}, global {global_mean:.3f}, global better on {better}/{len(pairs)}", flush=True)
-    lines = ["| global steps | com Dice | global Dice | pairs improved |", "|---|---|---|---|"]
-    lines += [f"| {r['steps']} | {r['com']:.3f} | {r['global']:.3f} | {r['better']}/{len(PAIRS)} |" for r in rows]
+        rows.append({"steps": until, **means, "better": better, "pairs": pairs})
+        print(
+            f"{until} steps: com {means['com']:.3f}, one direction {means['forward']:.3f}, "
+            f"global (symmetric) {means['global']:.3f}, better than com on {better}/{len(pairs)}",
+            flush=True,
+        )
+    lines = [
+        "| global steps | com Dice | one direction Dice | global (symmetric) Dice | pairs improved |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['steps']} | {r['com']:.3f} | {r['forward']:.3f} | {r['global']:.3f} | {r['better']}/{len(PAIRS)} |"
+        for r in rows
+    ]
     command = "python benchmarks/global_stage_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results = REPO / "benchmarks" / "results" / ("global_sweep" + (f"_{args.tag}" if args.tag else ""))
     summary = {"command": command.strip(), "train": SWEEP_TRAIN, "config": config.to_dict(), "rows": rows}

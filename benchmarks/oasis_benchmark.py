@@ -13,6 +13,7 @@ Figures are printed and written to benchmarks/results/oasis_<tag>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -147,12 +148,14 @@ def main(argv=None) -> int:
     tag = args.tag or f"a{args.affine_steps}_d{args.deformable_steps}_{variant}"
     results = REPO / "benchmarks" / "results" / f"oasis_{tag}"
     pairs, cache = {}, cache_dir() / "oasis-results"
+    # CNN results depend on the library's code as well as on the checkpoint.
+    code = hashlib.sha1(b"".join(path.read_bytes() for path in sorted((REPO / "bidsreg").rglob("*.py")))).hexdigest()[:8]
     for fixed_id, moving_id in itertools.permutations(TEST_SUBJECTS, 2):
         fixed = load_volume(t1w(data, fixed_id))
         fixed_labels = load_volume(labels(data, fixed_id), labels=True)
         moving_labels = load_volume(labels(data, moving_id), labels=True)
         name = f"{moving_id}to{fixed_id}"
-        pair = _cached(cache / f"{checkpoint.stem}_{variant}_{name}.json", lambda: _cnn_pair(
+        pair = _cached(cache / f"{checkpoint.stem}_{code}_{variant}_{name}.json", lambda: _cnn_pair(
             model, fixed_id, moving_id, data, fixed, fixed_labels, moving_labels, steps
         ))
         if not args.skip_ants:

@@ -117,10 +117,18 @@ class NetworkGrid:
         lo, hi = world.min(1) - config.margin, world.max(1) + config.margin
         step, multiple = config.spacing, config.multiple
         shape = tuple(int(multiple * math.ceil((h - l) / step / multiple)) for l, h in zip(lo, hi))
-        centre = (lo + hi) / 2.0
+        return cls._centred((lo + hi) / 2.0, step, shape)
+
+    @classmethod
+    def _centred(cls, centre: np.ndarray, step: float, shape: tuple[int, int, int]) -> "NetworkGrid":
         affine = np.diag([step, step, step, 1.0])
         affine[:3, 3] = centre - step * (np.array(shape) - 1) / 2.0
-        return cls(shape, affine)
+        return cls(tuple(int(n) for n in shape), affine)
+
+    def with_shape(self, shape: tuple[int, int, int]) -> "NetworkGrid":
+        """The grid with the same centre and spacing and another shape."""
+        centre = self.affine[:3, :3] @ ((np.array(self.shape) - 1) / 2.0) + self.affine[:3, 3]
+        return self._centred(centre, self.spacing, shape)
 
     def resample(self, image: PreparedImage, world_map: np.ndarray | None = None) -> torch.Tensor:
         """Resample ``image`` onto the grid through ``world_map`` (identity if None).
