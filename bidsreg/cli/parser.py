@@ -1,0 +1,177 @@
+"""Argument parsing of ``bidsreg bids_dir output_dir {train,participant,group} [options]``.
+
+The flags follow the BIDS-Apps conventions that fMRIPrep and MRIQC users know (CONVENTIONS.md).
+Usage errors exit with 64, an unknown analysis level with 17. ``--recipe PATH`` reads option
+values from a TOML file (keys are the long option names, with ``-`` or ``_``; ``true`` for a
+flag, a list for several values, a table for ``plugin-args``); options given on the command
+line override it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+from .. import __version__
+from . import exit_codes
+
+__all__ = ["ANALYSIS_LEVELS", "METHODS", "build_parser", "parse_args"]
+
+ANALYSIS_LEVELS = ("train", "participant", "group")
+#: Registration methods of ``--methods`` (the CNN's global stage is reported as ``cnnaffine``).
+METHODS = ("cnn", "antsaffine", "antssyn")
+PLUGINS = ("MultiProc", "Linear", "SLURM", "SGE", "PBS", "LSF", "Condor", "OAR")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors exit with the BIDS-Apps codes."""
+
+    context = ""  # prefix of error messages (the recipe being read)
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        unknown_level = message.startswith("argument analysis_level: invalid choice")
+        code = exit_codes.UNKNOWN_LEVEL if unknown_level else exit_codes.USAGE
+        self.exit(code, f"{self.prog}: error: {self.context}{message}\n")
+
+
+def _label(value: str) -> str:
+    label = value[4:] if value.startswith("sub-") else value
+    if not label or not label.isalnum():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a subject label (letters and digits, optional 'sub-')")
+    return label
+
+
+def _session(value: str) -> str:
+    label = value[4:] if value.startswith("ses-") else value
+    if not label or not label.isalnum():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a session label (letters and digits, optional 'ses-')")
+    return label
+
+
+def _methods(value: str) -> list[str]:
+    names = [name.strip().lower() for name in value.split(",") if name.strip()]
+    if names == ["all"]:
+        return list(METHODS)
+    unknown = sorted(set(names) - set(METHODS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)} or 'all'"
+        )
+    return list(dict.fromkeys(names))
+
+
+def _json_object(value: str) -> dict:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error.msg}): {value!r}") from None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {value!r}")
+    return parsed
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bidsreg`` argument parser."""
+    parser = _Parser(
+        prog="bidsreg",
+        description="Two-stage unsupervised CNN registration of T1w brains, benchmarked against ANTs (a BIDS-App).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="the input BIDS dataset")
+    parser.add_argument("output_dir", type=Path, help="the output folder (a BIDS derivatives dataset)")
+    parser.add_argument("analysis_level", choices=ANALYSIS_LEVELS, help="what to run")
+    parser.add_argument("--version", action="version", version=f"bidsreg {__version__}")
+
+    bids = parser.add_argument_group("selecting the data")
+    bids.add_argument("--participant-label", "--participant_label", nargs="+", type=_label, metavar="LABEL")
+    bids.add_argument("--session-label", "--session_label", nargs="+", type=_session, metavar="LABEL")
+    bids.add_argument("--bids-filter-file", type=Path, metavar="FILE", help="a PyBIDS filter JSON")
+    bids.add_argument("--skip-bids-validation", action="store_true", help="do not run the BIDS validator")
+
+    reg = parser.add_argument_group("registration")
+    reg.add_argument("--fixed", metavar="SUB_OR_PATH", help="fixed image: a subject of the dataset (sub-01) or a NIfTI path")
+    reg.add_argument("--fixed-labels", type=Path, metavar="PATH", help="label map of a --fixed path")
+    reg.add_argument("--labels", type=Path, metavar="DERIV_DIR", help="derivatives dataset holding _dseg label maps")
+    reg.add_argument("--labels-desc", metavar="DESC", help="desc entity of those label maps")
+    reg.add_argument("--masks", type=Path, metavar="DERIV_DIR", help="brain masks for T1w images that are not skull-stripped")
+    reg.add_argument("--methods", type=_methods, default=["cnn"], metavar="LIST", help="comma-separated: " + ", ".join(METHODS) + ", or all")
+    reg.add_argument("--model", type=Path, metavar="CKPT", help="bidsreg checkpoint (default: the one train wrote in output_dir)")
+    reg.add_argument("--recipe", type=Path, metavar="PATH", help="TOML file of option values (see workflows/)")
+
+    run = parser.add_argument_group("running")
+    run.add_argument("-w", "--work-dir", type=Path, metavar="DIR", help="Nipype working directory (default: output_dir/../work)")
+    run.add_argument("--nprocs", type=_positive, default=1, metavar="N")
+    run.add_argument("--omp-nthreads", type=_positive, default=1, metavar="N")
+    run.add_argument("--mem-gb", type=float, metavar="GB")
+    run.add_argument("--plugin", choices=PLUGINS, default="MultiProc")
+    run.add_argument("--plugin-args", type=_json_object, default={}, metavar="JSON")
+    run.add_argument("--stop-on-first-crash", action="store_true")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("-v", "--verbose", action="count", default=0)
+    return parser
+
+
+def _recipe_argv(parser: "_Parser", path: Path) -> list[str]:
+    """The options of a TOML recipe as command-line words (keys are long option names)."""
+    try:
+        values = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        parser.exit(exit_codes.INPUT_MISSING, f"bidsreg: error: {path}: recipe not found; give an existing TOML file\n")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        parser.error(f"{path}: not a valid TOML recipe ({error}); fix the file or drop --recipe")
+    words = []
+    for key, value in values.items():
+        option = "--" + key.replace("_", "-")
+        if option not in parser._option_string_actions or option in ("--recipe", "--help", "--version"):
+            parser.error(f"{path}: unknown option {key!r} in the recipe; use the long option names of bidsreg --help")
+        if isinstance(value, bool):
+            words += [option] if value else []
+        elif isinstance(value, dict):
+            words += [option, json.dumps(value)]
+        elif isinstance(value, list):
+            joined = [",".join(map(str, value))] if option == "--methods" else [str(item) for item in value]
+            words += [option, *joined]
+        else:
+            words += [option, str(value)]
+    return words
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line (and a ``--recipe``); exits with 64 or 17 on usage errors.
+
+    Paths are made absolute. Refuses an output or work folder that is the BIDS folder or
+    inside it (64).
+    """
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    if args.recipe is not None:
+        words = _recipe_argv(parser, args.recipe)
+        parser.context = f"in recipe {args.recipe}: "
+        parser.parse_args([str(args.bids_dir), str(args.output_dir), args.analysis_level, *words])
+        parser.context = ""
+        args = parser.parse_args(words + argv)  # the command line comes last and wins
+    for name in ("bids_dir", "output_dir", "work_dir", "bids_filter_file", "fixed_labels", "labels", "masks", "model", "recipe"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(args, name, value.expanduser().resolve())
+    bids_dir = args.bids_dir
+    for name in ("output_dir", "work_dir"):
+        folder = getattr(args, name)
+        if folder is not None and (folder == bids_dir or bids_dir in folder.parents):
+            parser.error(f"{name.replace('_', ' ')} {folder} is the BIDS folder or inside it; choose a folder outside {bids_dir}")
+    if args.fixed_labels is not None and (args.fixed is None or args.fixed.startswith("sub-")):
+        parser.error("--fixed-labels goes with a --fixed NIfTI path; a fixed subject's labels come from --labels")
+    return args

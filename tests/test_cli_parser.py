@@ -1,0 +1,114 @@
+"""The BIDS-App command line (bidsreg.cli.parser): flags, recipes and exit codes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bidsreg import __version__
+from bidsreg.cli import exit_codes
+from bidsreg.cli.parser import METHODS, parse_args
+
+
+@pytest.fixture()
+def dirs(tmp_path) -> list[str]:
+    return [str(tmp_path / "bids"), str(tmp_path / "out")]
+
+
+def exit_code(argv, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as info:
+        parse_args(argv)
+    return info.value.code, capsys.readouterr().err
+
+
+def test_defaults_and_labels(dirs, tmp_path):
+    args = parse_args(dirs + ["participant", "--participant_label", "sub-01", "02", "--session-label", "ses-a"])
+    assert args.analysis_level == "participant"
+    assert args.bids_dir == tmp_path / "bids" and args.output_dir.is_absolute()
+    assert args.participant_label == ["01", "02"] and args.session_label == ["a"]
+    assert args.methods == ["cnn"] and args.plugin == "MultiProc" and args.nprocs == 1
+    assert args.plugin_args == {} and args.device == "auto" and not args.skip_bids_validation
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("cnn", ["cnn"]), ("antssyn,cnn", ["antssyn", "cnn"]), ("all", list(METHODS)), ("CNN, cnn", ["cnn"])],
+)
+def test_methods(dirs, value, expected):
+    assert parse_args(dirs + ["participant", "--methods", value]).methods == expected
+
+
+@pytest.mark.parametrize(
+    "extra, code, words",
+    [
+        (["particpant"], exit_codes.UNKNOWN_LEVEL, "analysis_level"),
+        (["participant", "--methods", "cnn,elastix"], exit_codes.USAGE, "elastix"),
+        (["participant", "--participant-label", "sub-"], exit_codes.USAGE, "subject label"),
+        (["participant", "--plugin-args", "{bad"], exit_codes.USAGE, "JSON"),
+        (["participant", "--plugin-args", "[1]"], exit_codes.USAGE, "JSON object"),
+        (["participant", "--nprocs", "0"], exit_codes.USAGE, ">= 1"),
+        (["participant", "--plugin", "Slurm"], exit_codes.USAGE, "SLURM"),
+        (["participant", "--no-such-flag"], exit_codes.USAGE, "unrecognized"),
+        (["participant", "--fixed-labels", "l.nii.gz", "--fixed", "sub-01"], exit_codes.USAGE, "--labels"),
+        ([], exit_codes.USAGE, "required"),
+    ],
+)
+def test_usage_errors_exit_with_bids_app_codes(dirs, capsys, extra, code, words):
+    got, err = exit_code(dirs + extra, capsys)
+    assert got == code and words in err, err
+
+
+def test_output_or_work_dir_inside_the_bids_dir_is_refused(tmp_path, capsys):
+    bids = tmp_path / "bids"
+    for argv in (
+        [str(bids), str(bids), "participant"],
+        [str(bids), str(bids / "derivatives" / "bidsreg"), "participant"],
+        [str(bids), str(tmp_path / "out"), "participant", "-w", str(bids / "work")],
+    ):
+        code, err = exit_code(argv, capsys)
+        assert code == exit_codes.USAGE and "inside it" in err, err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_args(["--version"])
+    assert info.value.code == 0 and __version__ in capsys.readouterr().out
+
+
+def write_recipe(folder: Path, text: str) -> str:
+    path = folder / "recipe.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_recipe_values_and_command_line_override(dirs, tmp_path):
+    recipe = write_recipe(
+        tmp_path,
+        'methods = ["cnn", "antssyn"]\nnprocs = 4\nplugin = "SLURM"\nskip-bids-validation = true\n'
+        '[plugin-args]\nsbatch_args = "--time=01:00:00"\n',
+    )
+    args = parse_args(dirs + ["participant", "--recipe", recipe])
+    assert args.methods == ["cnn", "antssyn"] and args.nprocs == 4 and args.plugin == "SLURM"
+    assert args.skip_bids_validation and args.plugin_args == {"sbatch_args": "--time=01:00:00"}
+    args = parse_args(dirs + ["participant", "--recipe", recipe, "--nprocs", "2", "--methods", "antsaffine"])
+    assert args.nprocs == 2 and args.methods == ["antsaffine"] and args.plugin == "SLURM"
+
+
+@pytest.mark.parametrize(
+    "text, code, words",
+    [
+        ("nprocs = \n", exit_codes.USAGE, "not a valid TOML"),
+        ("nproc = 2\n", exit_codes.USAGE, "unknown option 'nproc'"),
+        ('methods = "cnn,demons"\n', exit_codes.USAGE, "demons"),
+        ('plugin = "Local"\n', exit_codes.USAGE, "invalid choice"),
+    ],
+)
+def test_bad_recipes_name_the_file(dirs, tmp_path, capsys, text, code, words):
+    recipe = write_recipe(tmp_path, text)
+    got, err = exit_code(dirs + ["participant", "--recipe", recipe], capsys)
+    assert got == code and words in err and recipe in err, err
+
+
+def test_missing_recipe_is_missing_input(dirs, tmp_path, capsys):
+    code, err = exit_code(dirs + ["participant", "--recipe", str(tmp_path / "none.toml")], capsys)
+    assert code == exit_codes.INPUT_MISSING and "none.toml" in err
