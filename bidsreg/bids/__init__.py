@@ -1,0 +1,1 @@
+"""BIDS input: validation and queries (pybids)."""
