@@ -7,7 +7,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bidsreg.bids.validation import BIDSValidationError, validate_dataset
+from bidsreg import exit_codes
+from bidsreg.bids.validation import validate_dataset
+from bidsreg.errors import BIDSValidationError
 
 
 @pytest.fixture()
@@ -28,8 +30,9 @@ def test_a_valid_dataset_passes_with_warnings(tiny_bids):
 
 def test_a_misnamed_file_is_an_error_naming_it(tiny_bids):
     (tiny_bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz").rename(tiny_bids / "sub-01" / "anat" / "sub-01_T1.nii.gz")
-    with pytest.raises(BIDSValidationError, match="sub-01_T1.nii.gz.*--skip-bids-validation"):
+    with pytest.raises(BIDSValidationError, match="sub-01_T1.nii.gz.*--skip-bids-validation") as info:
         validate_dataset(tiny_bids)
+    assert info.value.exit_code == exit_codes.VALIDATION_FAILED
 
 
 def test_a_folder_without_dataset_description_is_not_bids(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from bidsreg import __version__
-from bidsreg.cli import exit_codes
+from bidsreg import exit_codes
 from bidsreg.cli.parser import METHODS, parse_args
 
 

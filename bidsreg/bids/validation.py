@@ -10,13 +10,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["BIDSValidationError", "ValidationReport", "validate_dataset"]
+from ..errors import BIDSValidationError
+
+__all__ = ["ValidationReport", "validate_dataset"]
 
 VALIDATOR = "bids-validator-deno"
-
-
-class BIDSValidationError(ValueError):
-    """The dataset has BIDS errors (exit code 16 of the BIDS-Apps specification)."""
 
 
 @dataclass

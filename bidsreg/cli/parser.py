@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from .. import __version__
-from . import exit_codes
+from .. import exit_codes
 
 __all__ = ["ANALYSIS_LEVELS", "METHODS", "build_parser", "parse_args"]
 
