@@ -1,0 +1,158 @@
+"""Find the inputs of a run in a BIDS dataset with pybids: subjects, T1w images, label maps, masks.
+
+Every query failure is an :class:`~bidsreg.errors.InputError` whose message names the dataset
+or file and the fix, and whose ``exit_code`` is the BIDS-Apps one.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from bids import BIDSLayout
+
+from ..errors import BIDSValidationError, InputError, MissingInputError, NoFilesSelectedError
+
+__all__ = ["T1wInput", "collect_t1w", "load_layout", "read_filters", "select_subjects"]
+
+NIFTI = [".nii", ".nii.gz"]
+#: Entities that tie a label map or a mask to its T1w image.
+_MATCHED = ("subject", "session", "acquisition", "ceagent", "reconstruction", "run")
+
+
+@dataclass(frozen=True)
+class T1wInput:
+    """One T1w image to register, with what goes with it.
+
+    Attributes
+    ----------
+    path : Path
+    entities : dict
+        Its BIDS entities (subject, session, run, ...; no suffix or extension).
+    skull_stripped : bool or None
+        The sidecar's ``SkullStripped`` (None when absent).
+    labels : Path or None
+        Its label map (``_dseg``) in the labels derivatives, if asked for and found.
+    mask : Path or None
+        Its brain mask (``desc-brain_mask``) in the masks derivatives, if asked for and found.
+    """
+
+    path: Path
+    entities: dict
+    skull_stripped: bool | None = None
+    labels: Path | None = None
+    mask: Path | None = None
+
+
+def load_layout(root: str | os.PathLike, derivative: bool = False) -> BIDSLayout:
+    """Index a BIDS (or, with ``derivative``, a BIDS derivatives) dataset; validation is separate."""
+    root = Path(root)
+    kind = "BIDS derivatives dataset" if derivative else "BIDS dataset"
+    if not (root / "dataset_description.json").is_file():
+        error = MissingInputError if derivative else BIDSValidationError
+        raise error(f"{root}: not a {kind} (no dataset_description.json); point at the dataset's root folder")
+    try:
+        return BIDSLayout(root, validate=False, is_derivative=derivative)
+    except (ValueError, json.JSONDecodeError) as failure:
+        raise InputError(f"{root}: pybids cannot read this {kind} ({failure}); fix its dataset_description.json") from None
+
+
+def read_filters(path: str | os.PathLike | None) -> dict:
+    """The ``t1w`` query of a PyBIDS filter file (fMRIPrep's format), or ``{}`` without one."""
+    if path is None:
+        return {}
+    path = Path(path)
+    try:
+        filters = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MissingInputError(f"{path}: filter file not found; give an existing JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as failure:
+        raise InputError(f"{path}: not valid JSON ({failure}); fix the filter file") from None
+    if not isinstance(filters, dict) or not isinstance(filters.get("t1w", {}), dict):
+        raise InputError(f'{path}: expected {{"t1w": {{entity: value, ...}}}}; fix the filter file')
+    return dict(filters.get("t1w", {}))
+
+
+def select_subjects(layout: BIDSLayout, labels: list[str] | None) -> list[str]:
+    """The subjects to process: all of the dataset's, or those of ``labels`` (all must exist)."""
+    available = layout.get_subjects()
+    if not labels:
+        if not available:
+            raise NoFilesSelectedError(f"{layout.root}: no sub-* folders; is this the dataset's root?")
+        return sorted(available)
+    missing = [label for label in labels if label not in available]
+    if missing:
+        raise NoFilesSelectedError(
+            f"{layout.root}: no subject {', '.join('sub-' + m for m in missing)}; "
+            f"the dataset has {', '.join('sub-' + a for a in sorted(available)) or 'none'}"
+        )
+    return list(dict.fromkeys(labels))
+
+
+def _companion(layout: BIDSLayout | None, entities: dict, **query) -> Path | None:
+    if layout is None:
+        return None
+    matched = {key: entities.get(key) for key in _MATCHED if key in layout.get_entities()}
+    found = layout.get(return_type="file", extension=NIFTI, **matched, **query)
+    if len(found) > 1:
+        raise InputError(
+            f"{layout.root}: {len(found)} files match sub-{entities['subject']} {query}: "
+            f"{', '.join(Path(f).name for f in found)}; narrow the selection (--labels-desc)"
+        )
+    return Path(found[0]) if found else None
+
+
+def collect_t1w(
+    layout: BIDSLayout,
+    subject: str,
+    *,
+    sessions: list[str] | None = None,
+    filters: dict | None = None,
+    labels: BIDSLayout | None = None,
+    labels_desc: str | None = None,
+    masks: BIDSLayout | None = None,
+) -> list[T1wInput]:
+    """The T1w images of ``subject`` (each session and run), with their label maps and masks.
+
+    Parameters
+    ----------
+    layout : BIDSLayout
+        The input dataset.
+    subject : str
+        Label without ``sub-``.
+    sessions : list of str, optional
+        Only these sessions.
+    filters : dict, optional
+        Extra PyBIDS entities for the T1w query (from :func:`read_filters`).
+    labels, masks : BIDSLayout, optional
+        Derivatives with ``_dseg`` label maps (``desc-<labels_desc>``) and ``desc-brain_mask``
+        masks; a T1w without one gets ``None``.
+    labels_desc : str, optional
+        ``desc`` entity of the label maps.
+    """
+    query = {"datatype": "anat", "suffix": "T1w", "extension": NIFTI, **(filters or {})}
+    if sessions:
+        query["session"] = sessions
+    files = layout.get(subject=subject, **query)
+    if not files:
+        where = f" in session(s) {', '.join(sessions)}" if sessions else ""
+        extra = f" matching the filters {filters}" if filters else ""
+        raise MissingInputError(
+            f"{layout.root}/sub-{subject}: no T1w image{where}{extra}; add "
+            f"sub-{subject}/anat/sub-{subject}_T1w.nii.gz or leave the subject out (--participant-label)"
+        )
+    out = []
+    for image in sorted(files, key=lambda f: f.path):
+        entities = {k: v for k, v in image.get_entities().items() if k not in ("suffix", "extension", "datatype")}
+        stripped = image.get_metadata().get("SkullStripped")
+        out.append(
+            T1wInput(
+                path=Path(image.path),
+                entities=entities,
+                skull_stripped=None if stripped is None else bool(stripped),
+                labels=_companion(labels, entities, suffix="dseg", **({"desc": labels_desc} if labels_desc else {})),
+                mask=_companion(masks, entities, suffix="mask", desc="brain"),
+            )
+        )
+    return out
