@@ -126,7 +126,9 @@ class NetworkGrid:
         return cls(tuple(int(n) for n in shape), affine)
 
     def with_shape(self, shape: tuple[int, int, int]) -> "NetworkGrid":
-        """The grid with the same centre and spacing and another shape."""
+        """The grid with the same centre and spacing and another shape (itself for its own shape)."""
+        if tuple(shape) == self.shape:
+            return self
         centre = self.affine[:3, :3] @ ((np.array(self.shape) - 1) / 2.0) + self.affine[:3, 3]
         return self._centred(centre, self.spacing, shape)
 

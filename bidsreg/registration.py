@@ -256,10 +256,11 @@ def symmetric_world_map(
     shape = tuple(max(a, b) for a, b in zip(grid.shape, moving_grid.shape))
     fixed_side, moving_side = grid.with_shape(shape), moving_grid.with_shape(shape)
     com = translation(moving.centre - fixed.centre)
-    forward = global_world_map(affine_net, fixed_side, fixed_side.resample(fixed), moving, com)
+    fixed_on_grid = grid.resample(fixed)
+    fixed_on_side = fixed_on_grid if fixed_side is grid else fixed_side.resample(fixed)
+    forward = global_world_map(affine_net, fixed_side, fixed_on_side, moving, com)
     backward = global_world_map(affine_net, moving_side, moving_side.resample(moving), fixed, np.linalg.inv(com))
     world_map = mean_world_map(forward, np.linalg.inv(backward))
-    fixed_on_grid = grid.resample(fixed)
     if refine_steps:
         world_map = refine_world_map(affine_net, grid, fixed_on_grid, moving, world_map, refine_steps, refine_lr)
     return GlobalStage(grid, fixed_on_grid, com, world_map)

@@ -44,6 +44,7 @@ def test_methods(dirs, value, expected):
         (["particpant"], exit_codes.UNKNOWN_LEVEL, "analysis_level"),
         (["participant", "--methods", "cnn,elastix"], exit_codes.USAGE, "elastix"),
         (["participant", "--participant-label", "sub-"], exit_codes.USAGE, "subject label"),
+        (["participant", "--session-label", "ses-a_b"], exit_codes.USAGE, "session label"),
         (["participant", "--plugin-args", "{bad"], exit_codes.USAGE, "JSON"),
         (["participant", "--plugin-args", "[1]"], exit_codes.USAGE, "JSON object"),
         (["participant", "--nprocs", "0"], exit_codes.USAGE, ">= 1"),

@@ -155,6 +155,18 @@ def test_network_grid_covers_the_foreground(phantom, multiple, orientation, degr
     assert np.all(grid.spacing * np.array(grid.shape) < extent + grid.spacing * multiple)
 
 
+def test_network_grid_with_shape_keeps_centre_and_spacing():
+    grid = NetworkGrid((32, 48, 32), np.array([[4.0, 0, 0, -62.0], [0, 4.0, 0, -90.0], [0, 0, 4.0, -50.0], [0, 0, 0, 1]]))
+    assert grid.with_shape(grid.shape) is grid
+
+    def centre(g):
+        return g.affine[:3, :3] @ ((np.array(g.shape) - 1) / 2) + g.affine[:3, 3]
+
+    wider = grid.with_shape((48, 48, 64))
+    assert wider.shape == (48, 48, 64) and wider.spacing == grid.spacing
+    np.testing.assert_allclose(centre(wider), centre(grid), atol=1e-12)
+
+
 def test_network_grid_of_an_empty_image_raises():
     image = PreparedImage(torch.zeros(1, 1, 8, 8, 8), np.eye(4), np.zeros(3), "empty.nii.gz")
     with pytest.raises(ValueError, match="empty.nii.gz"):

@@ -6,11 +6,11 @@ e.g. for sub-10 registered to the fixed subject sub-09 with the CNN::
     sub-10_space-sub09_desc-cnn_T1w.nii.gz                      warped image
     sub-10_from-T1w_to-sub09_desc-cnn_mode-image_xfm.h5         transform (and its inverse,
     sub-10_from-sub09_to-T1w_desc-cnn_mode-image_xfm.h5          to bring atlas labels back)
-
-The BIDS validator does not know ``_xfm.h5`` and ``_overlap.tsv`` files yet (NOT_INCLUDED).
     sub-10_space-sub09_seg-DKT31aseg_desc-cnn_dseg.nii.gz       warped label map
     sub-10_space-sub09_desc-cnn_jacobian.nii.gz                 Jacobian determinant
     sub-10_seg-DKT31aseg_desc-cnn_overlap.tsv                   overlap table
+
+The BIDS validator does not know ``_xfm.h5`` and ``_overlap.tsv`` files yet (NOT_INCLUDED).
 """
 from __future__ import annotations
 

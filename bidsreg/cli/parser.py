@@ -38,18 +38,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(code, f"{self.prog}: error: {self.context}{message}\n")
 
 
-def _label(value: str) -> str:
-    label = value[4:] if value.startswith("sub-") else value
-    if not label or not label.isalnum():
-        raise argparse.ArgumentTypeError(f"{value!r} is not a subject label (letters and digits, optional 'sub-')")
-    return label
+def _entity_label(prefix: str, what: str):
+    """argparse type of a BIDS label given with or without its ``prefix`` (``sub-``, ``ses-``)."""
 
+    def parse(value: str) -> str:
+        label = value[len(prefix):] if value.startswith(prefix) else value
+        if not label or not label.isalnum():
+            raise argparse.ArgumentTypeError(f"{value!r} is not a {what} label (letters and digits, optional '{prefix}')")
+        return label
 
-def _session(value: str) -> str:
-    label = value[4:] if value.startswith("ses-") else value
-    if not label or not label.isalnum():
-        raise argparse.ArgumentTypeError(f"{value!r} is not a session label (letters and digits, optional 'ses-')")
-    return label
+    return parse
 
 
 def _methods(value: str) -> list[str]:
@@ -94,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bidsreg {__version__}")
 
     bids = parser.add_argument_group("selecting the data")
-    bids.add_argument("--participant-label", "--participant_label", nargs="+", type=_label, metavar="LABEL")
-    bids.add_argument("--session-label", "--session_label", nargs="+", type=_session, metavar="LABEL")
+    bids.add_argument("--participant-label", "--participant_label", nargs="+", type=_entity_label("sub-", "subject"), metavar="LABEL")
+    bids.add_argument("--session-label", "--session_label", nargs="+", type=_entity_label("ses-", "session"), metavar="LABEL")
     bids.add_argument("--bids-filter-file", type=Path, metavar="FILE", help="a PyBIDS filter JSON")
     bids.add_argument("--skip-bids-validation", action="store_true", help="do not run the BIDS validator")
 
