@@ -30,6 +30,7 @@ __all__ = [
     "mean_world_map",
     "refine_world_map",
     "register",
+    "register_global",
     "resolve_device",
     "symmetric_world_map",
 ]
@@ -298,12 +299,69 @@ def _as_volume(image: Volume | str | os.PathLike) -> Volume:
     return image if isinstance(image, Volume) else load_volume(image)
 
 
+def _prepare_pair(
+    fixed: Volume | str | os.PathLike, moving: Volume | str | os.PathLike, model: RegistrationModel, seconds: dict
+) -> tuple[Volume, Volume, PreparedImage, PreparedImage]:
+    tick = time.perf_counter()
+    fixed_vol, moving_vol = _as_volume(fixed), _as_volume(moving)
+    seconds["load"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    fixed_img, moving_img = (_on_device(prepare_image(v, model.preprocess), model.device) for v in (fixed_vol, moving_vol))
+    seconds["preprocess"] = time.perf_counter() - tick
+    return fixed_vol, moving_vol, fixed_img, moving_img
+
+
+def _given_global_stage(fixed: PreparedImage, moving: PreparedImage, config: PreprocessConfig, world_map: np.ndarray) -> GlobalStage:
+    """The :class:`GlobalStage` of a global world map computed earlier (by :func:`register_global`)."""
+    world_map = np.asarray(world_map, dtype=np.float64)
+    if world_map.shape != (4, 4) or not np.all(np.isfinite(world_map)) or abs(np.linalg.det(world_map[:3, :3])) < 1e-6:
+        raise ValueError(f"the global world map must be a finite invertible (4, 4) matrix, got {world_map!r}")
+    grid = NetworkGrid.covering(fixed, config)
+    return GlobalStage(grid, grid.resample(fixed), translation(moving.centre - fixed.centre), world_map)
+
+
+@torch.no_grad()
+def register_global(
+    fixed: Volume | str | os.PathLike,
+    moving: Volume | str | os.PathLike,
+    model: RegistrationModel,
+    *,
+    global_instance_steps: int = 0,
+) -> RegistrationResult:
+    """The global (affine) stage of :func:`register` alone.
+
+    Returns
+    -------
+    RegistrationResult
+        With a zero ``displacement`` (the affine is the whole transform).
+    """
+    if global_instance_steps < 0:
+        raise ValueError(f"global_instance_steps must be >= 0, got {global_instance_steps}")
+    seconds: dict = {}
+    fixed_vol, moving_vol, fixed_img, moving_img = _prepare_pair(fixed, moving, model, seconds)
+    tick = time.perf_counter()
+    stage = symmetric_world_map(model.affine_net, fixed_img, moving_img, model.preprocess, global_instance_steps)
+    _check_overlap(stage.fixed, stage.grid.resample(moving_img, stage.world_map), model.preprocess.foreground,
+                   moving_vol.path or "moving image")
+    seconds["global"] = time.perf_counter() - tick
+    return RegistrationResult(
+        fixed_shape=fixed_vol.shape,
+        fixed_affine=fixed_vol.affine,
+        affine=stage.world_map,
+        com_affine=stage.com,
+        displacement=np.zeros((*fixed_vol.shape, 3), dtype=np.float32),
+        grid=stage.grid,
+        seconds=seconds,
+    )
+
+
 @torch.no_grad()
 def register(
     fixed: Volume | str | os.PathLike,
     moving: Volume | str | os.PathLike,
     model: RegistrationModel,
     *,
+    affine: np.ndarray | None = None,
     inverse: bool = False,
     global_instance_steps: int = 0,
     local_instance_steps: int = 0,
@@ -316,12 +374,16 @@ def register(
     fixed, moving : Volume or path-like
         3D images (any orientation, no prior alignment needed).
     model : RegistrationModel
+    affine : numpy.ndarray, optional
+        (4, 4) world map fixed -> moving of a global stage run earlier
+        (:func:`register_global`); the local stage starts from it. Default: run the global stage.
     inverse : bool
         Also compute the inverse displacement field (fixed -> moving direction of warping).
     global_instance_steps : int
         Instance optimisation of the global stage (0: off, the default): this many Adam steps
         on the 12 affine parameters, from the network's prediction, on the stage-1 loss on
         the pooled grid the network reads (cheap: about a second for 200 steps on 2 CPU threads).
+        Ignored with ``affine``.
     local_instance_steps : int
         Instance optimisation of the local stage (0: off, the default): this many Adam steps on
         the network's output field, on the stage-2 loss, for this pair only.
@@ -335,16 +397,15 @@ def register(
     for name, steps in (("global_instance_steps", global_instance_steps), ("local_instance_steps", local_instance_steps)):
         if steps < 0:
             raise ValueError(f"{name} must be >= 0, got {steps}")
-    seconds, tick = {}, time.perf_counter()
-    fixed_vol, moving_vol = _as_volume(fixed), _as_volume(moving)
-    seconds["load"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    cfg, dev = model.preprocess, model.device
-    fixed_img, moving_img = (_on_device(prepare_image(v, cfg), dev) for v in (fixed_vol, moving_vol))
-    seconds["preprocess"] = time.perf_counter() - tick
+    seconds: dict = {}
+    fixed_vol, moving_vol, fixed_img, moving_img = _prepare_pair(fixed, moving, model, seconds)
+    cfg = model.preprocess
 
     tick = time.perf_counter()
-    stage = symmetric_world_map(model.affine_net, fixed_img, moving_img, cfg, global_instance_steps)
+    if affine is None:
+        stage = symmetric_world_map(model.affine_net, fixed_img, moving_img, cfg, global_instance_steps)
+    else:
+        stage = _given_global_stage(fixed_img, moving_img, cfg, affine)
     grid, fixed_grid, com, world_map = stage.grid, stage.fixed, stage.com, stage.world_map
     moving_grid = grid.resample(moving_img, world_map)
     _check_overlap(fixed_grid, moving_grid, cfg.foreground, moving_vol.path or "moving image")

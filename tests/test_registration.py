@@ -30,6 +30,7 @@ from bidsreg.registration import (
     global_world_map,
     mean_world_map,
     register,
+    register_global,
     resolve_device,
 )
 from bidsreg.transforms import apply_transform, map_points, map_points_inverse
@@ -535,3 +536,20 @@ def test_registration_does_not_depend_on_storage_orientation(phantom, known_map,
     assert all(grid.shape == grids[0].shape and np.allclose(grid.affine, grids[0].affine) for grid in grids)
     assert max(error for name, error in errors.items() if name != "oblique") < 0.05, errors
     assert errors["oblique"] < 0.5, errors
+
+
+@pytest.mark.slow
+def test_two_stages_run_apart_give_the_same_result(phantom_files, trained_model):
+    # The Nipype workflow runs the global and local stages as separate nodes.
+    whole = register(phantom_files["fixed"], phantom_files["deformed"], trained_model)
+    first = register_global(phantom_files["fixed"], phantom_files["deformed"], trained_model)
+    second = register(phantom_files["fixed"], phantom_files["deformed"], trained_model, affine=first.affine)
+    assert np.array_equal(first.affine, whole.affine) and np.array_equal(first.com_affine, whole.com_affine)
+    assert not first.displacement.any() and first.displacement.shape == whole.displacement.shape
+    assert np.allclose(second.displacement, whole.displacement, atol=1e-5)
+    assert "local" not in first.seconds and "global" in first.seconds
+
+
+def test_register_refuses_a_singular_global_map(phantom_files, untrained_model):
+    with pytest.raises(ValueError, match="invertible"):
+        register(phantom_files["fixed"], phantom_files["moving"], untrained_model, affine=np.zeros((4, 4)))
