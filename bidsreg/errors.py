@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from . import exit_codes
 
-__all__ = ["InputError", "MissingInputError", "NoFilesSelectedError", "BIDSValidationError"]
+__all__ = ["BIDSValidationError", "InputError", "MissingInputError", "NoFilesSelectedError", "OutputError"]
 
 
 class InputError(ValueError):
@@ -32,3 +32,9 @@ class BIDSValidationError(InputError):
     """The dataset is not valid BIDS (16)."""
 
     exit_code = exit_codes.VALIDATION_FAILED
+
+
+class OutputError(OSError):
+    """The output folder cannot be created or written (73)."""
+
+    exit_code = exit_codes.CANNOT_CREATE_OUTPUT

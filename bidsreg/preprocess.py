@@ -105,8 +105,10 @@ class NetworkGrid:
         return float(self.affine[0, 0])
 
     @classmethod
-    def covering(cls, image: PreparedImage, config: PreprocessConfig) -> "NetworkGrid":
-        """The grid covering the foreground of ``image`` (the fixed image) plus a margin."""
+    def covering(cls, image: PreparedImage, config: PreprocessConfig, min_side: int = 0) -> "NetworkGrid":
+        """The grid covering the foreground of ``image`` (the fixed image) plus a margin, with
+        sides of at least ``min_side`` voxels (what the global network can read: a small brain
+        gets a wider margin)."""
         data = image.tensor[0, 0]
         index = torch.nonzero(data > config.foreground)
         if len(index) == 0:
@@ -116,7 +118,7 @@ class NetworkGrid:
         world = image.affine[:3, :3] @ corners + image.affine[:3, 3:]
         lo, hi = world.min(1) - config.margin, world.max(1) + config.margin
         step, multiple = config.spacing, config.multiple
-        shape = tuple(int(multiple * math.ceil((h - l) / step / multiple)) for l, h in zip(lo, hi))
+        shape = tuple(int(multiple * math.ceil(max((h - l) / step, min_side) / multiple)) for l, h in zip(lo, hi))
         return cls._centred((lo + hi) / 2.0, step, shape)
 
     @classmethod

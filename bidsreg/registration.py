@@ -251,8 +251,8 @@ def symmetric_world_map(
     -------
     GlobalStage
     """
-    grid = NetworkGrid.covering(fixed, config)
-    moving_grid = NetworkGrid.covering(moving, config)
+    grid = NetworkGrid.covering(fixed, config, affine_net.min_side)
+    moving_grid = NetworkGrid.covering(moving, config, affine_net.min_side)
     # Both directions read grids of one shape, so that swapping the images swaps them exactly.
     shape = tuple(max(a, b) for a, b in zip(grid.shape, moving_grid.shape))
     fixed_side, moving_side = grid.with_shape(shape), moving_grid.with_shape(shape)
@@ -311,12 +311,14 @@ def _prepare_pair(
     return fixed_vol, moving_vol, fixed_img, moving_img
 
 
-def _given_global_stage(fixed: PreparedImage, moving: PreparedImage, config: PreprocessConfig, world_map: np.ndarray) -> GlobalStage:
+def _given_global_stage(
+    fixed: PreparedImage, moving: PreparedImage, model: RegistrationModel, world_map: np.ndarray
+) -> GlobalStage:
     """The :class:`GlobalStage` of a global world map computed earlier (by :func:`register_global`)."""
     world_map = np.asarray(world_map, dtype=np.float64)
     if world_map.shape != (4, 4) or not np.all(np.isfinite(world_map)) or abs(np.linalg.det(world_map[:3, :3])) < 1e-6:
         raise ValueError(f"the global world map must be a finite invertible (4, 4) matrix, got {world_map!r}")
-    grid = NetworkGrid.covering(fixed, config)
+    grid = NetworkGrid.covering(fixed, model.preprocess, model.affine_net.min_side)
     return GlobalStage(grid, grid.resample(fixed), translation(moving.centre - fixed.centre), world_map)
 
 
@@ -405,7 +407,7 @@ def register(
     if affine is None:
         stage = symmetric_world_map(model.affine_net, fixed_img, moving_img, cfg, global_instance_steps)
     else:
-        stage = _given_global_stage(fixed_img, moving_img, cfg, affine)
+        stage = _given_global_stage(fixed_img, moving_img, model, affine)
     grid, fixed_grid, com, world_map = stage.grid, stage.fixed, stage.com, stage.world_map
     moving_grid = grid.resample(moving_img, world_map)
     _check_overlap(fixed_grid, moving_grid, cfg.foreground, moving_vol.path or "moving image")

@@ -7,6 +7,7 @@ voxels of 3 mm; with ``PreprocessConfig(spacing=4.0)`` the network grid is 32x48
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -88,18 +89,16 @@ class Phantom:
         return index @ affine[:3, :3].T + affine[:3, 3]
 
     @classmethod
-    def image(
+    def source_points(
         cls,
         affine: np.ndarray | None = None,
         shape: tuple[int, int, int] | None = None,
         world_map: np.ndarray | None = None,
         deformed: bool = False,
     ) -> np.ndarray:
-        """The phantom sampled on a grid, moved by ``world_map`` and optionally deformed.
-
-        With ``deformed`` the moving world content is ``f(u(T^-1 y))``, ``u(x) = x + d(x)``
-        with ``d`` :meth:`deformation`.
-        """
+        """(X, Y, Z, 3) phantom coordinates (mm) seen at each voxel of a grid whose content is
+        moved by ``world_map`` and, with ``deformed``, by :meth:`deformation`: the moving world
+        content is ``f(u(T^-1 y))``, ``u(x) = x + d(x)``."""
         shape = cls.SHAPE if shape is None else shape
         affine = cls.affine(shape) if affine is None else affine
         points = cls.world(shape, affine)
@@ -108,7 +107,23 @@ class Phantom:
             points = points @ inverse[:3, :3].T + inverse[:3, 3]
         if deformed:
             points = points + cls.deformation(points)
-        return cls.intensity(points)
+        return points
+
+    @classmethod
+    def image(cls, affine=None, shape=None, world_map=None, deformed: bool = False) -> np.ndarray:
+        """The phantom sampled on a grid, moved by ``world_map`` and optionally deformed
+        (see :meth:`source_points`)."""
+        return cls.intensity(cls.source_points(affine, shape, world_map, deformed))
+
+    @classmethod
+    def labels(cls, affine=None, shape=None, world_map=None, deformed: bool = False) -> np.ndarray:
+        """A label map of the same content: the brain's eight octants (1-8) and two blobs (9, 10)."""
+        p = cls.source_points(affine, shape, world_map, deformed)
+        inside = np.sqrt(((p / cls.RADII) ** 2).sum(-1)) < 1.0
+        labels = (1 + (p[..., 0] > 0) + 2 * (p[..., 1] > 0) + 4 * (p[..., 2] > 0)) * inside
+        for value, (centre, sigma, _) in zip((9, 10), cls.BLOBS[:2]):
+            labels[(((p - np.array(centre)) ** 2).sum(-1) < sigma**2) & inside] = value
+        return labels.astype(np.int16)
 
     @classmethod
     def true_map(cls, points: np.ndarray, world_map: np.ndarray, deformed: bool = False) -> np.ndarray:
@@ -252,3 +267,48 @@ def untrained_model() -> RegistrationModel:
         DeformableNet(config.encoder, config.decoder, config.head).eval(),
         config.preprocess,
     )
+
+
+#: World maps (fixed -> moving) of the phantom BIDS dataset's subjects (sub-01 is the phantom itself).
+SUBJECT_MAPS = {"01": np.eye(4), "02": KNOWN_MAP, "03": np.eye(4)}
+SUBJECT_MAPS["03"] = SUBJECT_MAPS["03"].copy()
+SUBJECT_MAPS["03"][:3, :3] = rotation_matrix((-5.0, 6.0, -4.0)) @ np.diag([0.96, 1.04, 0.98])
+SUBJECT_MAPS["03"][:3, 3] = [-4.0, 3.5, -3.0]
+
+
+def make_bids_dataset(root: Path, subjects: dict[str, np.ndarray] = SUBJECT_MAPS) -> Path:
+    """A tiny BIDS dataset of phantom brains (40x48x40 voxels of 3 mm, skull-stripped) with
+    label maps in ``derivatives/manual`` (``desc-phantom_dseg``, with its lookup table)."""
+    root.mkdir(parents=True)
+    (root / "dataset_description.json").write_text(json.dumps(
+        {"Name": "bidsreg phantom", "BIDSVersion": "1.9.0", "DatasetType": "raw", "Authors": ["bidsreg tests"]}))
+    (root / "README").write_text("Synthetic phantom brains made by the bidsreg test suite.\n")
+    (root / "participants.tsv").write_text("participant_id\n" + "".join(f"sub-{s}\n" for s in subjects))
+    labels = root / "derivatives" / "manual"
+    labels.mkdir(parents=True)
+    (labels / "dataset_description.json").write_text(json.dumps({
+        "Name": "phantom labels", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "bidsreg tests"}]}))
+    names = ["octant-" + "".join(axes) for axes in
+             (("L", "P", "I"), ("R", "P", "I"), ("L", "A", "I"), ("R", "A", "I"),
+              ("L", "P", "S"), ("R", "P", "S"), ("L", "A", "S"), ("R", "A", "S"))] + ["blob-1", "blob-2"]
+    (labels / "desc-phantom_dseg.tsv").write_text(
+        "index\tname\n" + "".join(f"{i}\t{n}\n" for i, n in enumerate(names, start=1)))
+    affine = Phantom.affine()
+    for subject, world_map in subjects.items():
+        deformed = subject != "01"
+        anat = root / f"sub-{subject}" / "anat"
+        anat.mkdir(parents=True)
+        Phantom.write(anat / f"sub-{subject}_T1w.nii.gz", Phantom.image(affine, world_map=world_map, deformed=deformed), affine)
+        (anat / f"sub-{subject}_T1w.json").write_text(json.dumps({"SkullStripped": True}))
+        out = labels / f"sub-{subject}" / "anat"
+        out.mkdir(parents=True)
+        Phantom.write(out / f"sub-{subject}_desc-phantom_dseg.nii.gz",
+                      Phantom.labels(affine, world_map=world_map, deformed=deformed), affine)
+    return root
+
+
+@pytest.fixture(scope="session")
+def bids_dataset(tmp_path_factory) -> Path:
+    """The phantom BIDS dataset of :func:`make_bids_dataset` (read-only: copy it to change it)."""
+    return make_bids_dataset(tmp_path_factory.mktemp("bids") / "phantom")

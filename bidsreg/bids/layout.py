@@ -14,7 +14,7 @@ from bids import BIDSLayout
 
 from ..errors import BIDSValidationError, InputError, MissingInputError, NoFilesSelectedError
 
-__all__ = ["T1wInput", "collect_t1w", "load_layout", "read_filters", "select_subjects"]
+__all__ = ["FixedImage", "T1wInput", "collect_t1w", "find_lut", "fixed_image", "load_layout", "read_filters", "select_subjects"]
 
 NIFTI = [".nii", ".nii.gz"]
 #: Entities that tie a label map or a mask to its T1w image.
@@ -43,6 +43,30 @@ class T1wInput:
     skull_stripped: bool | None = None
     labels: Path | None = None
     mask: Path | None = None
+
+
+@dataclass(frozen=True)
+class FixedImage:
+    """The image every subject is registered to.
+
+    Attributes
+    ----------
+    path : Path
+    space : str
+        ``space-`` label of the outputs (``sub09``, a template name).
+    source : str
+        What the user named: ``sub-09`` or the file path.
+    labels : Path or None
+        Its label map, when overlaps are measured.
+    lut : Path or None
+        Lookup table of label names (a BIDS ``dseg.tsv``).
+    """
+
+    path: Path
+    space: str
+    source: str
+    labels: Path | None = None
+    lut: Path | None = None
 
 
 def load_layout(root: str | os.PathLike, derivative: bool = False) -> BIDSLayout:
@@ -156,3 +180,54 @@ def collect_t1w(
             )
         )
     return out
+
+
+def find_lut(labels: BIDSLayout | None, labels_desc: str | None) -> Path | None:
+    """The lookup table ``[desc-<labels_desc>_]dseg.tsv`` at the root of the labels derivatives."""
+    if labels is None:
+        return None
+    root = Path(labels.root)
+    names = ([f"desc-{labels_desc}_dseg.tsv"] if labels_desc else []) + ["dseg.tsv"]
+    return next((root / name for name in names if (root / name).is_file()), None)
+
+
+def fixed_image(
+    fixed: str,
+    layout: BIDSLayout,
+    *,
+    fixed_labels: Path | None = None,
+    labels: BIDSLayout | None = None,
+    labels_desc: str | None = None,
+    need_labels: bool = False,
+) -> FixedImage:
+    """The fixed image named by ``--fixed``: a subject of the dataset (``sub-09``, its first
+    T1w) or a NIfTI path (with ``--fixed-labels``).
+
+    Raises
+    ------
+    MissingInputError
+        When the file or the subject's T1w is missing, or ``need_labels`` and it has no labels.
+    """
+    from .derivatives import space_label
+
+    if fixed.startswith("sub-") and "/" not in fixed:
+        subject = fixed[4:]
+        if subject not in layout.get_subjects():
+            raise MissingInputError(f"{layout.root}: --fixed {fixed} is not a subject of the dataset; choose one of "
+                                    f"{', '.join('sub-' + s for s in sorted(layout.get_subjects()))} or give a NIfTI path")
+        image = collect_t1w(layout, subject, labels=labels, labels_desc=labels_desc)[0]
+        path, label_map, lut = image.path, image.labels, find_lut(labels, labels_desc)
+    else:
+        path, label_map, lut = Path(fixed).expanduser().resolve(), fixed_labels, None
+        if not path.is_file():
+            raise MissingInputError(f"{path}: --fixed file not found; give an existing NIfTI image or a subject (sub-01)")
+        if label_map is not None and not Path(label_map).is_file():
+            raise MissingInputError(f"{label_map}: --fixed-labels file not found; give the fixed image's label map")
+    if need_labels and label_map is None:
+        where = f"in {labels.root}" if labels is not None else "(no --labels or --fixed-labels given)"
+        desc = f" with desc-{labels_desc}" if labels_desc else ""
+        raise MissingInputError(
+            f"{path}: the fixed image has no label map{desc} {where}, so overlaps cannot be measured; "
+            "add its _dseg.nii.gz, choose another --fixed, or leave out --labels"
+        )
+    return FixedImage(path=path, space=space_label(fixed), source=fixed, labels=label_map, lut=lut)

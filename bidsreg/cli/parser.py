@@ -17,6 +17,7 @@ from typing import NoReturn, Sequence
 
 from .. import __version__
 from .. import exit_codes
+from ..nn.train import TrainConfig
 
 __all__ = ["ANALYSIS_LEVELS", "METHODS", "build_parser", "parse_args"]
 
@@ -79,6 +80,13 @@ def _positive(value: str) -> int:
     return number
 
 
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``bidsreg`` argument parser."""
     parser = _Parser(
@@ -107,8 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--model", type=Path, metavar="CKPT", help="bidsreg checkpoint (default: the one train wrote in output_dir)")
     reg.add_argument("--recipe", type=Path, metavar="PATH", help="TOML file of option values (see workflows/)")
 
+    ants = parser.add_argument_group("ANTs baselines")
+    ants.add_argument("--ants-affine-iterations", nargs="+", type=_non_negative, metavar="N",
+                      help="iterations per level of the affine stage, coarse to fine (default: antspyx's 2100 1200 1200 10)")
+    ants.add_argument("--ants-syn-iterations", nargs="+", type=_non_negative, metavar="N",
+                      help="iterations per level of SyN, coarse to fine (default: antspyx's 40 20 0)")
+
+    training = parser.add_argument_group("training (train level)")
+    training.add_argument("--affine-steps", type=_positive, default=TrainConfig.affine_steps, metavar="N",
+                          help="training steps of the global (affine) network")
+    training.add_argument("--deformable-steps", type=_positive, default=TrainConfig.deformable_steps, metavar="N",
+                          help="training steps of the local (deformable) network")
+
     run = parser.add_argument_group("running")
-    run.add_argument("-w", "--work-dir", type=Path, metavar="DIR", help="Nipype working directory (default: output_dir/../work)")
+    run.add_argument("-w", "--work-dir", type=Path, metavar="DIR", help="Nipype working directory, the cache of a rerun (default: output_dir/work)")
     run.add_argument("--nprocs", type=_positive, default=1, metavar="N")
     run.add_argument("--omp-nthreads", type=_positive, default=1, metavar="N")
     run.add_argument("--mem-gb", type=float, metavar="GB")

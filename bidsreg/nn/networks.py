@@ -73,6 +73,11 @@ class AffineNet(nn.Module):
         self.register_buffer("identity", torch.eye(3, 4), persistent=False)
         self.warp = AffineTransformer()
 
+    @property
+    def min_side(self) -> int:
+        """The smallest grid side (voxels, before pooling) the encoder can read."""
+        return 2 ** (len(self.config["features"]) + 1) * self.config["pool"]
+
     def downsample(self, image: torch.Tensor) -> torch.Tensor:
         """Average-pool an (N, C, X, Y, Z) image to the resolution the network reads."""
         factor = self.config["pool"]
@@ -80,10 +85,9 @@ class AffineNet(nn.Module):
 
     def step(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         """One pass on already downsampled inputs: theta (N, 3, 4)."""
-        smallest = 2 ** (len(self.config["features"]) + 1)
-        if min(fixed.shape[2:]) < smallest:
+        if min(fixed.shape[2:]) * self.config["pool"] < self.min_side:
             raise ValueError(
-                f"AffineNet needs grid sides of at least {smallest * self.config['pool']} voxels, "
+                f"AffineNet needs grid sides of at least {self.min_side} voxels, "
                 f"got {tuple(s * self.config['pool'] for s in fixed.shape[2:])}"
             )
         x = self.cells(self.encoder(torch.cat([fixed, moving], dim=1)))

@@ -174,7 +174,9 @@ class _Cohort:
         return fixed, moving
 
 
-def _load_cohort(images: Sequence[Volume | str | os.PathLike], config: PreprocessConfig, device: torch.device) -> _Cohort:
+def _load_cohort(
+    images: Sequence[Volume | str | os.PathLike], config: PreprocessConfig, device: torch.device, min_side: int
+) -> _Cohort:
     if len(images) < 2:
         raise ValueError(f"training needs at least 2 images, got {len(images)}")
     prepared, grids, names = [], [], []
@@ -183,7 +185,7 @@ def _load_cohort(images: Sequence[Volume | str | os.PathLike], config: Preproces
         image = prepare_image(volume, config)
         image = PreparedImage(image.tensor.to(device), image.affine, image.centre, image.path)
         prepared.append(image)
-        grids.append(NetworkGrid.covering(image, config))
+        grids.append(NetworkGrid.covering(image, config, min_side))
         names.append(Path(volume.path).name if volume.path else f"image-{len(names)}")
     return _Cohort(prepared, grids, names)
 
@@ -235,7 +237,11 @@ def train(
     dev = resolve_device(device)
     checkpoint = Path(checkpoint)
     payload = load_checkpoint(checkpoint) if checkpoint.exists() else None
-    cohort = _load_cohort(images, config.preprocess, dev)
+    torch.manual_seed(config.seed)
+    affine_net = AffineNet(
+        config.affine_features, norm=config.affine_norm, pool=config.affine_pool, passes=config.affine_passes
+    ).to(dev)
+    cohort = _load_cohort(images, config.preprocess, dev, affine_net.min_side)
     data_summary = {"n_images": len(cohort.names), "images": cohort.names}
     if payload is not None:
         if payload["training"]["config"] != config.to_dict() or payload["training"]["data"] != data_summary:
@@ -246,10 +252,6 @@ def train(
         if payload["training"]["complete"]:
             return payload
 
-    torch.manual_seed(config.seed)
-    affine_net = AffineNet(
-        config.affine_features, norm=config.affine_norm, pool=config.affine_pool, passes=config.affine_passes
-    ).to(dev)
     deformable_net = DeformableNet(
         config.encoder, config.decoder, config.head, config.diffeomorphic, config.integration_steps
     ).to(dev)

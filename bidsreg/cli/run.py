@@ -1,0 +1,283 @@
+"""``bidsreg bids_dir output_dir {train,participant,group}``: the BIDS-App entry point.
+
+Every input is checked before any work starts; a bad one ends the run with a one-line error
+naming the file and the fix, and the BIDS-Apps exit code (:mod:`bidsreg.exit_codes`). Outputs
+are written atomically, and Nipype's working directory caches finished steps, so a rerun
+after an interruption redoes only what was not finished.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from .. import __version__, exit_codes
+from ..atomic import atomic_output
+from ..errors import InputError, MissingInputError, NoFilesSelectedError, OutputError
+from .parser import parse_args
+
+__all__ = ["main"]
+
+LOGGER = logging.getLogger("bidsreg")
+MODEL_NAME = "bidsreg_model"
+#: Entries of the derivatives dataset's .bidsignore: what is not BIDS in it.
+BIDSIGNORE = ("work/", "models/", "group/", "*_xfm.h5", "*_xfm.json", "*_overlap.tsv", "*_overlap.json")
+
+
+def _setup_logging(verbose: int) -> None:
+    os.environ.setdefault("NIPYPE_NO_ET", "1")  # no network check of the Nipype version
+    from nipype import config, logging as nipype_logging
+
+    level = logging.DEBUG if verbose > 1 else logging.INFO
+    if not LOGGER.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s bidsreg %(levelname)s: %(message)s", datefmt="%H:%M:%S"))
+        LOGGER.addHandler(handler)
+        LOGGER.propagate = False
+    LOGGER.setLevel(level)
+    nipype_level = "INFO" if verbose else "WARNING"
+    config.update_config({"logging": {"workflow_level": nipype_level, "interface_level": nipype_level,
+                                      "utils_level": "WARNING"}, "execution": {"check_version": False}})
+    nipype_logging.update_logging(config)
+
+
+def _prepare_output(output_dir: Path, bids_dir: Path) -> None:
+    """Create the derivatives dataset (dataset_description.json, .bidsignore), atomically."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".bidsreg-write-test-"):
+            pass
+        description = {
+            "Name": "bidsreg registrations",
+            "BIDSVersion": "1.9.0",
+            "DatasetType": "derivative",
+            "GeneratedBy": [{"Name": "bidsreg", "Version": __version__, "CodeURL": "https://github.com/bidsreg/bidsreg",
+                             **({"Container": {"Type": "singularity" if os.environ.get("SINGULARITY_NAME") else "docker",
+                                               "Tag": os.environ.get("BIDSREG_CONTAINER", "")}}
+                                if os.environ.get("BIDSREG_CONTAINER") else {})}],
+            "SourceDatasets": [{"URL": bids_dir.as_uri()}],
+        }
+        with atomic_output(output_dir / "dataset_description.json") as tmp:
+            tmp.write_text(json.dumps(description, indent=2) + "\n")
+        with atomic_output(output_dir / ".bidsignore") as tmp:
+            tmp.write_text("\n".join(BIDSIGNORE) + "\n")
+    except OSError as error:
+        raise OutputError(f"{output_dir}: cannot create or write the output folder ({error.strerror}); "
+                          "choose a writable output_dir") from None
+
+
+def _layouts(args: argparse.Namespace):
+    from ..bids.layout import load_layout, read_filters
+    from ..bids.validation import validate_dataset
+
+    if not args.skip_bids_validation:
+        report = validate_dataset(args.bids_dir)
+        if report.warnings:
+            LOGGER.warning("BIDS validator: %d warning(s) in %s (run bids-validator-deno for details)",
+                           len(report.warnings), args.bids_dir)
+    layout = load_layout(args.bids_dir)
+    labels = load_layout(args.labels, derivative=True) if args.labels else None
+    masks = load_layout(args.masks, derivative=True) if args.masks else None
+    return layout, labels, masks, read_filters(args.bids_filter_file)
+
+
+def _check_image(path: Path, labels: bool = False):
+    from ..image import load_volume
+
+    try:
+        return load_volume(path, labels=labels)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+
+
+def _check_same_grid(image, other, what: str) -> None:
+    import numpy as np
+
+    if image.shape != other.shape or not np.allclose(image.affine, other.affine, atol=1e-3):
+        raise InputError(
+            f"{other.path}: this {what} is on another grid ({other.shape}) than its T1w {image.path} ({image.shape}); "
+            f"resample it onto the T1w grid or give the {what} made for this image"
+        )
+
+
+def _check_inputs(item) -> None:
+    """Load every file of a T1w input once, so that a bad one fails before any work starts."""
+    image = _check_image(item.path)
+    for path, what in ((item.labels, "label map"), (item.mask, "brain mask")):
+        if path is not None:
+            _check_same_grid(image, _check_image(path, labels=True), what)
+
+
+def _resolve_model(args: argparse.Namespace) -> Path:
+    from ..nn.checkpoint import load_checkpoint
+
+    path = args.model or args.output_dir / "models" / f"{MODEL_NAME}.pt"
+    if not path.is_file():
+        if args.model:
+            raise MissingInputError(f"{path}: --model file not found; give a checkpoint written by 'bidsreg ... train'")
+        raise MissingInputError(
+            f"{path}: no trained model (no --model, none in output_dir/models); train one with "
+            f"'bidsreg {args.bids_dir} {args.output_dir} train' or pass --model CKPT"
+        )
+    try:
+        payload = load_checkpoint(path)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    if not payload["training"].get("complete"):
+        raise InputError(f"{path}: this training is unfinished; run the train level again to finish it")
+    return path
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train both stages on the selected subjects' T1w images; write the model and its card."""
+    import torch
+
+    from ..bids.layout import collect_t1w, select_subjects
+    from ..nn.train import TrainConfig, train
+    from ..nn.model_card import write_model_card
+
+    layout, _, _, filters = _layouts(args)
+    subjects = select_subjects(layout, args.participant_label)
+    images = [item.path for s in subjects for item in collect_t1w(layout, s, sessions=args.session_label, filters=filters)]
+    if len(images) < 2:
+        raise NoFilesSelectedError(f"{args.bids_dir}: training needs at least two T1w images, the selection has "
+                                   f"{len(images)}; select more subjects (--participant-label)")
+    for path in images:
+        _check_image(path)
+    _prepare_output(args.output_dir, args.bids_dir)
+    checkpoint = args.output_dir / "models" / f"{MODEL_NAME}.pt"
+    config = TrainConfig(affine_steps=args.affine_steps, deformable_steps=args.deformable_steps, seed=args.seed)
+    torch.set_num_threads(max(args.nprocs, args.omp_nthreads))
+    LOGGER.info("training on %d T1w image(s) of %d subject(s): %d + %d steps -> %s",
+                len(images), len(subjects), config.affine_steps, config.deformable_steps, checkpoint)
+    try:
+        payload = train(images, checkpoint, config, device=args.device, progress=sys.stderr.isatty())
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    card = write_model_card(checkpoint, payload, args.bids_dir, subjects)
+    LOGGER.info("model written: %s (card %s)", checkpoint, card)
+    return exit_codes.OK
+
+
+def _progress(node, status: str) -> None:
+    """Nipype status callback: a line per subject and method as its results are filed."""
+    if status != "end" or node.name not in ("ds_forward", "ds_overlap"):
+        return
+    entities = node.inputs.entities
+    who = "_".join(f"{k[:3]}-{entities[k]}" for k in ("subject", "session", "run") if k in entities)
+    try:
+        outputs = node.result.outputs
+        sidecar = json.loads(Path(outputs.out_sidecar).read_text())
+        if node.name == "ds_forward":
+            LOGGER.info("%s %s: registered in %.1f s -> %s", who, entities["desc"], sidecar.get("seconds", float("nan")),
+                        Path(outputs.out_file).name)
+        else:
+            import pandas as pd
+
+            dice = pd.read_csv(outputs.out_file, sep="\t", na_values="n/a")["dice"].mean()
+            LOGGER.info("%s %s: mean Dice %.3f (seg-%s)", who, entities["desc"], dice, entities.get("seg"))
+    except (OSError, ValueError, KeyError, AttributeError):  # progress lines must never break a run
+        LOGGER.info("%s %s: done", who, entities.get("desc"))
+
+
+def run_participant(args: argparse.Namespace) -> int:
+    """Register each selected subject to the fixed image with each method (a Nipype workflow)."""
+    from nipype.pipeline import engine as pe
+
+    from ..bids.layout import collect_t1w, fixed_image, select_subjects
+    from ..group.collect import collect
+    from ..workflows.participant import RunSettings, init_participant_wf, workflow_name
+
+    if args.fixed is None:
+        raise MissingInputError("participant needs the fixed image: --fixed sub-XX (a subject of the dataset) or --fixed PATH")
+    layout, labels, masks, filters = _layouts(args)
+    subjects = select_subjects(layout, args.participant_label)
+    fixed = fixed_image(args.fixed, layout, fixed_labels=args.fixed_labels, labels=labels, labels_desc=args.labels_desc,
+                        need_labels=labels is not None or args.fixed_labels is not None)
+    fixed_volume = _check_image(fixed.path)
+    if fixed.labels is not None:
+        _check_same_grid(fixed_volume, _check_image(fixed.labels, labels=True), "label map")
+    if fixed.source.startswith("sub-") and fixed.source[4:] in subjects:
+        LOGGER.info("%s is the fixed image; it is not registered to itself", fixed.source)
+        subjects = [s for s in subjects if s != fixed.source[4:]]
+    if not subjects:
+        raise NoFilesSelectedError(f"{args.bids_dir}: no subject left to register (the only one selected is the fixed "
+                                   f"image {fixed.source}); select other subjects")
+    model = _resolve_model(args) if "cnn" in args.methods else None
+    inputs = []
+    for subject in subjects:
+        for item in collect_t1w(layout, subject, sessions=args.session_label, filters=filters, labels=labels,
+                                labels_desc=args.labels_desc, masks=masks):
+            _check_inputs(item)
+            if item.mask is None and item.skull_stripped is not True:
+                LOGGER.warning("%s: not known to be skull-stripped (SkullStripped %s) and no --masks; the networks "
+                               "expect brain-extracted images", item.path.name, item.skull_stripped)
+            inputs.append(item)
+    _prepare_output(args.output_dir, args.bids_dir)
+
+    settings = RunSettings(
+        methods=tuple(args.methods), model=model, seg=args.labels_desc or "labels", device=args.device,
+        omp_nthreads=args.omp_nthreads, seed=args.seed,
+        affine_iterations=tuple(args.ants_affine_iterations) if args.ants_affine_iterations else None,
+        syn_iterations=tuple(args.ants_syn_iterations) if args.ants_syn_iterations else None,
+    )
+    work_dir = args.work_dir or args.output_dir / "work"
+    workflow = pe.Workflow(name="bidsreg_wf", base_dir=str(work_dir))
+    workflow.config["execution"].update({
+        "crashdump_dir": str(work_dir / "crash"), "crashfile_format": "txt",
+        "stop_on_first_crash": args.stop_on_first_crash, "poll_sleep_duration": 0.2,
+    })
+    for item in inputs:
+        workflow.add_nodes([init_participant_wf(
+            t1w=item.path, entities=item.entities, fixed=fixed, settings=settings, output_dir=args.output_dir,
+            labels=item.labels, mask=item.mask, skull_stripped=item.skull_stripped, name=workflow_name(item.entities),
+        )])
+    plugin_args = {"status_callback": _progress, **args.plugin_args}
+    if args.plugin == "MultiProc":
+        plugin_args.setdefault("n_procs", args.nprocs)
+        if args.mem_gb:
+            plugin_args.setdefault("memory_gb", args.mem_gb)
+    LOGGER.info("registering %d image(s) to %s with %s (%s plugin)", len(inputs), fixed.source,
+                ", ".join(args.methods), args.plugin)
+    try:
+        workflow.run(plugin=args.plugin, plugin_args=plugin_args)
+    except RuntimeError as error:
+        LOGGER.error("%s; crash reports in %s; rerun the same command to resume", error, work_dir / "crash")
+        return exit_codes.FAILURE
+    table, _ = collect(args.output_dir)
+    chosen = table[table["subject"].isin(subjects)]
+    if not chosen.empty:
+        LOGGER.info("summary (this run's subjects; 'bidsreg ... group' writes the full report):\n%s", chosen[
+            ["subject", "session", "run", "method", "dice", "seconds"]].dropna(axis=1, how="all").to_string(index=False))
+    return exit_codes.OK
+
+
+def run_group_level(args: argparse.Namespace) -> int:
+    """Gather the participant outputs into tables and ``group/report.html``."""
+    from ..group.report import run_group
+
+    report = run_group(args.output_dir)
+    LOGGER.info("group report: %s", report)
+    return exit_codes.OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run bidsreg; returns the BIDS-Apps exit code."""
+    args = parse_args(argv)
+    _setup_logging(args.verbose)
+    level = {"train": run_train, "participant": run_participant, "group": run_group_level}[args.analysis_level]
+    try:
+        return level(args)
+    except (InputError, OutputError) as error:
+        LOGGER.error("%s", error)
+        return error.exit_code
+
+
+def console() -> None:
+    """The ``bidsreg`` console script."""
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""The group level: tables (TSV), figures (PNG) and one self-contained ``report.html``."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import os
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import atomic_output
+from ..errors import MissingInputError
+from .collect import collect, parse_name
+from .figures import method_boxplot, overlay, region_boxplot
+from .tables import cnn_stages, label_table, method_table, ordered_methods, qc_flags, wilcoxon_table
+
+__all__ = ["run_group"]
+
+LOGGER = logging.getLogger("bidsreg")
+_PACKAGES = ("bidsreg", "torch", "antspyx", "nipype", "pybids", "nibabel", "SimpleITK")
+
+
+def _write_tsv(table: pd.DataFrame, path: Path) -> None:
+    with atomic_output(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+
+
+def _versions() -> dict:
+    out = {}
+    for package in _PACKAGES:
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _mean_sd(table: pd.DataFrame, measure: str, digits: int) -> pd.Series:
+    mean, sd = table[f"{measure}_mean"], table[f"{measure}_sd"]
+    return pd.Series([
+        "" if pd.isna(m) else (f"{m:.{digits}f}" if pd.isna(s) else f"{m:.{digits}f} ± {s:.{digits}f}")
+        for m, s in zip(mean, sd)
+    ], index=table.index)
+
+
+def _display(methods: pd.DataFrame) -> pd.DataFrame:
+    """The method table as the original work shows it: mean ± sd strings."""
+    shown = methods[["seg", "method", "n"]].copy()
+    for measure, title, digits in (("dice", "Dice", 3), ("jaccard", "Jaccard", 3), ("hd95", "HD95 (mm)", 2),
+                                   ("dsc30", "DSC30", 3), ("folding_percent", "% folding", 3), ("sdlogj", "SDlogJ", 3),
+                                   ("seconds", "seconds / subject", 1), ("peak_memory_mb", "peak MB", 0)):
+        shown[title] = _mean_sd(methods, measure, digits)
+    return shown
+
+
+def _overlays(output_dir: Path, figures: Path, subjects: pd.DataFrame) -> list[Path]:
+    """A before/after overlay per subject, for the CNN when it ran (else the first method)."""
+    from ..image import load_volume
+    from ..transforms import apply_transform
+
+    registered = [m for m in ordered_methods(subjects["method"].unique()) if m not in ("original", "cnnaffine")]
+    if not registered:
+        return []
+    method = "cnn" if "cnn" in registered else registered[0]
+    out = []
+    for warped in sorted(output_dir.glob(f"sub-*/**/anat/*_desc-{method}_T1w.nii.gz")):
+        sidecar = json.loads(warped.with_name(warped.name.replace(".nii.gz", ".json")).read_text())
+        fixed_path, sources = sidecar.get("FixedImage"), sidecar.get("Sources", [])
+        if not fixed_path or not sources or not Path(fixed_path).is_file() or not Path(sources[0]).is_file():
+            LOGGER.warning("%s: no overlay (its fixed or source image is no longer where the sidecar says)", warped)
+            continue
+        fixed, moving, after = load_volume(fixed_path), load_volume(sources[0]), load_volume(warped)
+        before = apply_transform(moving, fixed.shape, fixed.affine, np.eye(4))
+        entities, _ = parse_name(warped.name)
+        name = "_".join(f"{k}-{v}" for k, v in entities.items() if k in ("sub", "ses", "run"))
+        target = figures / f"{name}_desc-{method}_overlay.png"
+        overlay(fixed.data, before, after.data, target, f"{name}: fixed (green) and moving (magenta), {method}")
+        out.append(target)
+    return out
+
+
+def _image(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}"><figcaption>{html.escape(path.name)}</figcaption></figure>'
+
+
+def _table(table: pd.DataFrame, digits: int = 3) -> str:
+    if table.empty:
+        return "<p>(none)</p>"
+    return table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.{digits}g}" if abs(v) < 1e-3 else f"{v:.{digits}f}",
+                         border=0, classes="table")
+
+
+def _boilerplate(output_dir: Path, subjects: pd.DataFrame, versions: dict) -> str:
+    """A methods paragraph to cite, from what the sidecars say was run."""
+    parameters = {}
+    for path in sorted(output_dir.glob("sub-*/**/anat/*_from-T1w_*_xfm.json")):
+        sidecar = json.loads(path.read_text())
+        parameters.setdefault(sidecar.get("method"), sidecar.get("parameters", {}))
+    fixed = ", ".join(sorted(subjects["space"].dropna().unique())) or "the fixed image"
+    n = subjects[["subject", "session", "run"]].drop_duplicates().shape[0]
+    text = [
+        f"{n} T1-weighted image(s) were registered to {fixed} with bidsreg {versions.get('bidsreg', '')} "
+        f"(Nipype {versions.get('nipype', '')}, PyTorch {versions.get('torch', '')}, pybids {versions.get('pybids', '')})."
+    ]
+    if "cnn" in parameters:
+        text.append(
+            "The CNN method is two-stage and unsupervised: a global network predicts an affine map trained to maximise "
+            "the squared global normalised cross-correlation, applied in both directions and averaged (log-Euclidean) "
+            "so that it is inverse-consistent; then a U-Net predicts a displacement field trained on local NCC over "
+            f"9×9×9 windows with a diffusion regulariser (model {parameters['cnn'].get('model', '')}). "
+            "Its global stage alone is reported as cnnaffine."
+        )
+    for method, kind in (("antsaffine", "Affine"), ("antssyn", "SyN")):
+        if method in parameters:
+            p = parameters[method]
+            text.append(f"The {method} baseline is antspyx {p.get('antspyx', versions.get('antspyx', ''))} "
+                        f"registration with type_of_transform='{kind}' "
+                        + ("with its default parameters" if len(p) <= 3 else f"({json.dumps(p)})") + ".")
+    text.append(
+        "Label overlap follows Klein et al. (2009) (target, mean/Dice, union/Jaccard, false negative and false "
+        "positive), with the 95th percentile symmetric surface Hausdorff distance; regularity is the percentage of "
+        "voxels with a non-positive Jacobian determinant and SDlogJ inside the fixed brain. Methods were compared "
+        "with paired two-sided Wilcoxon signed-rank tests (SciPy)."
+    )
+    return " ".join(text)
+
+
+def run_group(output_dir: str | os.PathLike) -> Path:
+    """Write ``output_dir/group/``: TSV tables, PNG figures and ``report.html``.
+
+    Raises
+    ------
+    MissingInputError
+        When ``output_dir`` holds no participant results.
+    """
+    output_dir = Path(output_dir)
+    subjects, labels = collect(output_dir)
+    if subjects.empty:
+        raise MissingInputError(
+            f"{output_dir}: no participant results (no sub-*/anat/*_xfm.h5 or *_overlap.tsv); "
+            "run 'bidsreg BIDS_DIR OUTPUT_DIR participant' first"
+        )
+    group = output_dir / "group"
+    figures = group / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    methods = method_table(subjects)
+    stages = cnn_stages(methods)
+    per_label = label_table(labels)
+    tests = wilcoxon_table(subjects)
+    qc = qc_flags(subjects)
+    for name, table in (("subjects", subjects), ("methods", methods), ("cnn_stages", stages), ("labels", per_label),
+                        ("wilcoxon", tests), ("qc", qc)):
+        _write_tsv(table, group / f"{name}.tsv")
+
+    images = []
+    if subjects["dice"].notna().any():
+        method_boxplot(subjects, figures / "dice_per_method.png")
+        region_boxplot(labels, figures / "dice_per_region.png")
+        images += [figures / "dice_per_method.png", figures / "dice_per_region.png"]
+    overlays = _overlays(output_dir, figures, subjects)
+    versions = _versions()
+    flagged = qc[qc["qc"] != "ok"]
+    unstripped = subjects[(subjects["method"] != "original") & (subjects["skull_stripped"] != True)]  # noqa: E712
+    warning = ""
+    if not unstripped.empty:
+        names = ", ".join(sorted({f"sub-{s}" for s in unstripped["subject"]}))
+        warning = (f'<p class="warn">Warning: the T1w images of {html.escape(names)} are not known to be skull-stripped '
+                   "(SkullStripped false or absent, no --masks); the networks expect brain-extracted images.</p>")
+    sections = [
+        "<h2>Summary</h2>",
+        f"<p>{len(subjects[['subject', 'session', 'run']].drop_duplicates())} image(s), methods: "
+        f"{', '.join(ordered_methods(subjects['method'].unique()))}; fixed: "
+        f"{html.escape(', '.join(sorted(subjects['space'].dropna().unique())))}.</p>",
+        warning,
+        "<h2>CNN: original / global / registered</h2>", _table(stages),
+        "<h2>Method comparison (mean ± sd over subjects)</h2>", _table(_display(methods)),
+        "<h2>Paired Wilcoxon signed-rank tests (Dice)</h2>", _table(tests),
+        "<h2>QC flags</h2>", _table(flagged) if not flagged.empty else "<p>No subject flagged.</p>",
+        "<h2>Figures</h2>", *(_image(p) for p in images),
+        "<h2>Before / after</h2>", *(_image(p) for p in overlays),
+        "<h2>Per label (mean Dice over subjects)</h2>", "<details><summary>show</summary>", _table(per_label), "</details>",
+        "<h2>Methods</h2>", f"<p>{html.escape(_boilerplate(output_dir, subjects, versions))}</p>",
+        "<h2>Software</h2>", "<p>" + ", ".join(f"{html.escape(k)} {html.escape(v)}" for k, v in versions.items()) + "</p>",
+    ]
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse;"
+             "font-size:13px}td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}"
+             ".warn{background:#fff3cd;padding:.5em}")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>bidsreg group report</title>"
+            f"<style>{style}</style></head><body><h1>bidsreg group report</h1>{''.join(sections)}</body></html>\n")
+    report = group / "report.html"
+    with atomic_output(report) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return report

@@ -1,0 +1,1 @@
+"""Thin Nipype interfaces over the bidsreg library (the maths lives in the library's modules)."""

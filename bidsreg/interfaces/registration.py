@@ -1,0 +1,155 @@
+"""Nipype interfaces of the registration methods.
+
+Each method writes the same outputs, so that every branch of the participant workflow feeds
+the same apply and metrics nodes: ``forward_transform`` (ITK composite ``.h5``, fixed -> moving
+points: warps the moving image onto the fixed one), ``inverse_transform`` (moving -> fixed
+points: brings fixed-space images such as atlas labels onto the moving image) and ``report``
+(JSON: method, seconds of the registration itself, peak memory, parameters).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+
+from ..atomic import atomic_output
+from ..itk import read_composite, write_composite
+
+__all__ = ["ANTsRegistration", "CNNGlobal", "CNNLocal"]
+
+
+class _RegistrationInputSpec(BaseInterfaceInputSpec):
+    fixed = File(exists=True, mandatory=True, desc="fixed image (NIfTI)")
+    moving = File(exists=True, mandatory=True, desc="moving image (NIfTI)")
+    num_threads = traits.Int(1, usedefault=True, desc="CPU threads")
+
+
+class _RegistrationOutputSpec(TraitedSpec):
+    forward_transform = File(exists=True, desc="ITK composite, fixed -> moving points")
+    inverse_transform = File(exists=True, desc="ITK composite, moving -> fixed points")
+    report = File(exists=True, desc="JSON: method, seconds, peak memory, parameters")
+
+
+class _CNNInputSpec(_RegistrationInputSpec):
+    model = File(exists=True, mandatory=True, desc="bidsreg checkpoint")
+    device = traits.Enum("auto", "cpu", "cuda", usedefault=True, desc="torch device")
+    instance_steps = traits.Int(0, usedefault=True, desc="instance optimisation steps (0: off)")
+
+
+class _CNNLocalInputSpec(_CNNInputSpec):
+    global_transform = File(exists=True, mandatory=True, desc="forward transform of the global stage (.h5)")
+    global_report = File(exists=True, mandatory=True, desc="report of the global stage (its seconds count too)")
+
+
+def _write_outputs(results: dict, method: str, affine, displacement, inverse_displacement, reference, seconds, parameters):
+    """Write the transform pair and the JSON report in the working directory; fill ``results``."""
+    cwd = os.getcwd()
+    results["forward_transform"] = os.path.join(cwd, "forward_xfm.h5")
+    results["inverse_transform"] = os.path.join(cwd, "inverse_xfm.h5")
+    results["report"] = os.path.join(cwd, "registration.json")
+    write_composite(results["forward_transform"], affine, displacement, reference)
+    write_composite(results["inverse_transform"], affine, inverse_displacement, reference, inverse=True)
+    report = {
+        "method": method,
+        "seconds": round(float(seconds), 3),
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "parameters": parameters,
+    }
+    with atomic_output(results["report"]) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _cnn_parameters(inputs) -> dict:
+    return {"model": os.path.basename(inputs.model), "device": inputs.device, "instance_steps": inputs.instance_steps}
+
+
+def _load_model(inputs):
+    import torch
+
+    from ..registration import RegistrationModel
+
+    torch.set_num_threads(inputs.num_threads)
+    return RegistrationModel.from_checkpoint(inputs.model, inputs.device)
+
+
+class CNNGlobal(SimpleInterface):
+    """Stage 1: the global (affine) network, inverse-consistent (``cnnaffine``)."""
+
+    input_spec = _CNNInputSpec
+    output_spec = _RegistrationOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..registration import register_global
+
+        model = _load_model(self.inputs)
+        tick = time.perf_counter()
+        result = register_global(self.inputs.fixed, self.inputs.moving, model, global_instance_steps=self.inputs.instance_steps)
+        seconds = time.perf_counter() - tick
+        _write_outputs(self._results, "cnnaffine", result.affine, None, None, None, seconds, _cnn_parameters(self.inputs))
+        return runtime
+
+
+class CNNLocal(SimpleInterface):
+    """Stage 2: the deformable network from the global stage's affine (``cnn``)."""
+
+    input_spec = _CNNLocalInputSpec
+    output_spec = _RegistrationOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..registration import register
+
+        model = _load_model(self.inputs)
+        affine, _, _ = read_composite(self.inputs.global_transform)
+        with open(self.inputs.global_report) as handle:
+            global_seconds = json.load(handle)["seconds"]
+        tick = time.perf_counter()
+        result = register(
+            self.inputs.fixed,
+            self.inputs.moving,
+            model,
+            affine=affine,
+            inverse=True,
+            local_instance_steps=self.inputs.instance_steps,
+        )
+        seconds = global_seconds + time.perf_counter() - tick  # both stages: what the user waits for
+        _write_outputs(
+            self._results, "cnn", result.affine, result.displacement, result.inverse_displacement,
+            result.fixed_affine, seconds, _cnn_parameters(self.inputs),
+        )
+        return runtime
+
+
+class _ANTsInputSpec(_RegistrationInputSpec):
+    method = traits.Enum("antsaffine", "antssyn", mandatory=True, desc="bidsreg method name")
+    affine_iterations = traits.List(traits.Int, desc="iterations per affine level (default: antspyx's)")
+    syn_iterations = traits.List(traits.Int, desc="iterations per SyN level (default: antspyx's)")
+    seed = traits.Int(0, usedefault=True, desc="ANTs random seed")
+
+
+class ANTsRegistration(SimpleInterface):
+    """antspyx ``Affine`` or ``SyN`` (the baselines)."""
+
+    input_spec = _ANTsInputSpec
+    output_spec = _RegistrationOutputSpec
+
+    def _run_interface(self, runtime):
+        from ..baselines import ants_register
+
+        result = ants_register(
+            self.inputs.fixed,
+            self.inputs.moving,
+            self.inputs.method,
+            affine_iterations=self.inputs.affine_iterations or None,
+            syn_iterations=self.inputs.syn_iterations or None,
+            seed=self.inputs.seed,
+            threads=self.inputs.num_threads,
+        )
+        _write_outputs(
+            self._results, self.inputs.method, result.affine, result.displacement, result.inverse_displacement,
+            result.reference_affine, result.seconds, result.parameters,
+        )
+        return runtime
+
