@@ -50,7 +50,7 @@ def region_boxplot(labels: pd.DataFrame, path: str | os.PathLike, measure: str =
         chosen = labels[labels["method"] == method]
         values = [chosen.loc[chosen["label"] == label, measure].dropna().to_numpy(float) for label in names["label"]]
         positions = np.arange(len(regions)) + (index - (len(methods) - 1) / 2) * width
-        boxes = axis.boxplot(values, positions=positions, widths=width * 0.9, vert=False, patch_artist=True,
+        boxes = axis.boxplot(values, positions=positions, widths=width * 0.9, orientation="horizontal", patch_artist=True,
                              showfliers=False, manage_ticks=False)
         for box in boxes["boxes"]:
             box.set_facecolor(colours[index % len(colours)])

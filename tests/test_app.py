@@ -1,0 +1,169 @@
+"""The BIDS-App end to end on the phantom BIDS dataset: train (a few steps), participant with
+cnn + antsaffine + antssyn (few ANTs iterations), group; and every bad input's exit code."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from bids import BIDSLayout
+
+from bidsreg import exit_codes
+from bidsreg.cli.run import main
+from bidsreg.metrics import OVERLAP_COLUMNS
+
+pytestmark = pytest.mark.slow
+
+SUBJECTS = ("02", "03")  # sub-01 is the fixed image
+METHODS = ("cnnaffine", "cnn", "antsaffine", "antssyn")
+ANTS_QUICK = ["--ants-affine-iterations", "100", "50", "0", "--ants-syn-iterations", "20", "10", "0"]
+
+
+def _participant(bids: Path, out: Path, *extra: str) -> int:
+    return main([str(bids), str(out), "participant", "--fixed", "sub-01", "--labels", str(bids / "derivatives/manual"),
+                 "--labels-desc", "phantom", "--skip-bids-validation", *ANTS_QUICK, *extra])
+
+
+@pytest.fixture(scope="module")
+def app(bids_dataset, tmp_path_factory) -> dict:
+    """Train, participant (all methods) and group on the phantom dataset, once."""
+    out = tmp_path_factory.mktemp("app") / "derivatives"
+    codes = {"train": main([str(bids_dataset), str(out), "train", "--affine-steps", "4", "--deformable-steps", "4"])}
+    codes["participant"] = _participant(bids_dataset, out, "--methods", "all", "--nprocs", "2")
+    codes["group"] = main([str(bids_dataset), str(out), "group"])
+    return {"bids": bids_dataset, "out": out, "codes": codes}
+
+
+def test_levels_exit_zero(app):
+    assert app["codes"] == {"train": 0, "participant": 0, "group": 0}
+
+
+def test_train_writes_checkpoint_and_model_card(app):
+    models = app["out"] / "models"
+    payload = torch.load(models / "bidsreg_model.pt", weights_only=True)
+    assert payload["training"]["complete"] and payload["training"]["steps"] == 8
+    card = json.loads((models / "bidsreg_model.json").read_text())
+    assert card["TrainingData"]["Subjects"] == ["sub-01", "sub-02", "sub-03"] and card["Training"]["Steps"] == 8
+    assert card["Config"]["affine_steps"] == 4 and card["LossCurve"] == "bidsreg_model_loss.png"
+    assert (models / "bidsreg_model_loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_derivatives_dataset_description(app):
+    description = json.loads((app["out"] / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "bidsreg"
+    assert description["SourceDatasets"][0]["URL"] == app["bids"].as_uri()
+
+
+def test_participant_derivatives_have_the_conventions_names(app):
+    out = app["out"]
+    for subject in SUBJECTS:
+        anat = out / f"sub-{subject}" / "anat"
+        names = {p.name for p in anat.iterdir()}
+        for method in METHODS:
+            expected = {
+                f"sub-{subject}_space-sub01_desc-{method}_T1w.nii.gz",
+                f"sub-{subject}_from-T1w_to-sub01_desc-{method}_mode-image_xfm.h5",
+                f"sub-{subject}_from-sub01_to-T1w_desc-{method}_mode-image_xfm.h5",
+                f"sub-{subject}_space-sub01_seg-phantom_desc-{method}_dseg.nii.gz",
+                f"sub-{subject}_seg-phantom_desc-{method}_overlap.tsv",
+            }
+            if method in ("cnn", "antssyn"):
+                expected.add(f"sub-{subject}_space-sub01_desc-{method}_jacobian.nii.gz")
+            expected |= {n.replace(".nii.gz", ".json").replace(".h5", ".json").replace(".tsv", ".json") for n in expected}
+            assert expected <= names, sorted(expected - names)
+        assert f"sub-{subject}_seg-phantom_desc-original_overlap.tsv" in names
+        assert not any("jacobian" in n and ("affine" in n) for n in names)
+    assert not (out / "sub-01").exists()  # the fixed subject is not registered to itself
+
+
+def test_pybids_reads_the_derivatives_back(app):
+    layout = BIDSLayout(app["out"], validate=False, is_derivative=True)
+    assert sorted(layout.get_subjects()) == list(SUBJECTS)
+    warped = layout.get(subject="02", suffix="T1w", space="sub01", desc="cnn", extension=".nii.gz")
+    assert len(warped) == 1
+    forward = layout.get(subject="03", suffix="xfm", desc="antssyn", extension=".h5", **{"from": "T1w"})
+    assert len(forward) == 1 and forward[0].get_entities()["to"] == "sub01"
+    sidecar = warped[0].get_metadata()
+    assert sidecar["SpatialReference"] == "sub-01" and sidecar["Method"] == "cnn" and sidecar["seconds"] > 0
+    assert sidecar["SkullStripped"] is True and sidecar["parameters"]["model"] == "bidsreg_model.pt"
+    fixed = nb.load(app["bids"] / "sub-01/anat/sub-01_T1w.nii.gz")
+    image = nb.load(warped[0].path)
+    assert image.shape == fixed.shape and np.allclose(image.affine, fixed.affine)
+    labels = nb.load(layout.get(subject="02", suffix="dseg", desc="antssyn", extension=".nii.gz")[0].path)
+    assert np.issubdtype(labels.get_data_dtype(), np.integer)
+    assert set(np.unique(np.asarray(labels.dataobj))) <= set(range(11))
+
+
+def test_overlap_tables_and_sidecars(app):
+    anat = app["out"] / "sub-02" / "anat"
+    table = pd.read_csv(anat / "sub-02_seg-phantom_desc-cnn_overlap.tsv", sep="\t", na_values="n/a")
+    assert tuple(table.columns) == OVERLAP_COLUMNS and list(table["label"]) == list(range(1, 11))
+    assert table["name"].iloc[0] == "octant-LPI" and table["dice"].between(0, 1).all()
+    sidecar = json.loads((anat / "sub-02_from-T1w_to-sub01_desc-antssyn_mode-image_xfm.json").read_text())
+    assert {"FoldingPercent", "SDlogJ", "seconds", "peak_memory_mb", "parameters"} <= set(sidecar)
+    assert sidecar["parameters"]["reg_iterations"] == [20, 10, 0]
+
+
+def test_group_tables_and_report(app):
+    group = app["out"] / "group"
+    subjects = pd.read_csv(group / "subjects.tsv", sep="\t", na_values="n/a", dtype={"subject": str})
+    assert set(subjects["method"]) == {"original", *METHODS}
+    assert len(subjects) == len(SUBJECTS) * (len(METHODS) + 1)
+    dice = subjects.pivot_table(index="subject", columns="method", values="dice")
+    for method in METHODS:  # registration helps every subject with every method
+        assert (dice[method] > dice["original"]).all(), (method, dice)
+    methods = pd.read_csv(group / "methods.tsv", sep="\t", na_values="n/a")
+    assert list(methods["method"]) == ["original", *METHODS]
+    assert {"dice_mean", "dice_sd", "jaccard_mean", "hd95_mean", "dsc30_mean", "folding_percent_mean",
+            "sdlogj_mean", "seconds_mean"} <= set(methods.columns)
+    stages = pd.read_csv(group / "cnn_stages.tsv", sep="\t")
+    assert list(stages["stage"]) == ["original", "global", "registered"]
+    labels = pd.read_csv(group / "labels.tsv", sep="\t")
+    assert len(labels) == 10 and {"name", "cnn", "antssyn"} <= set(labels.columns)
+    tests = pd.read_csv(group / "wilcoxon.tsv", sep="\t", na_values="n/a")
+    assert len(tests) == 10 and set(tests["n"]) == {2}
+    qc = pd.read_csv(group / "qc.tsv", sep="\t", na_values="n/a")
+    assert len(qc) == len(subjects) and "qc" in qc
+    report = (group / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= 4  # boxplots and an overlay per subject
+    assert "http://" not in report and "https://" not in report.replace("https://github.com/bidsreg", "")
+    for words in ("original / global / registered", "Wilcoxon", "Methods", "antspyx", "QC flags"):
+        assert words in report
+    assert (group / "figures" / "sub-02_desc-cnn_overlay.png").is_file()
+
+
+def test_rerun_redoes_only_what_is_missing(app):
+    out = app["out"]
+    lost = out / "sub-02/anat/sub-02_space-sub01_desc-antssyn_T1w.nii.gz"
+    kept = out / "sub-03/anat/sub-03_from-T1w_to-sub01_desc-cnn_mode-image_xfm.h5"
+    result = out / "work/bidsreg_wf/sub_02_wf/ants_antssyn/result_ants_antssyn.pklz"
+    before = kept.read_bytes(), result.stat().st_mtime_ns
+    lost.unlink()
+    assert _participant(app["bids"], out, "--methods", "all", "--nprocs", "2") == 0
+    assert lost.is_file() and kept.read_bytes() == before[0]
+    assert result.stat().st_mtime_ns == before[1]  # the registration was not run again
+
+
+@pytest.mark.parametrize("method", ["cnn", "antssyn"])
+def test_inverse_transform_brings_fixed_labels_into_the_subject(app, method):
+    from bidsreg.image import load_volume
+    from bidsreg.itk import read_composite
+    from bidsreg.metrics import overlap_table
+    from bidsreg.transforms import apply_inverse_transform
+
+    labels = app["bids"] / "derivatives/manual"
+    atlas = load_volume(labels / "sub-01/anat/sub-01_desc-phantom_dseg.nii.gz", labels=True)
+    subject = load_volume(labels / "sub-02/anat/sub-02_desc-phantom_dseg.nii.gz", labels=True)
+    inverse = app["out"] / f"sub-02/anat/sub-02_from-sub01_to-T1w_desc-{method}_mode-image_xfm.h5"
+    affine, field, field_affine = read_composite(inverse, inverse=True)
+    warped = apply_inverse_transform(atlas, subject.shape, subject.affine, affine, field, field_affine,
+                                     interpolation="nearest")
+    before = apply_inverse_transform(atlas, subject.shape, subject.affine, np.eye(4), interpolation="nearest")
+    after_dice = overlap_table(warped.astype(np.int32), subject.data)["dice"].mean()
+    before_dice = overlap_table(before.astype(np.int32), subject.data)["dice"].mean()
+    assert after_dice > before_dice + 0.05

@@ -1,0 +1,72 @@
+"""Participant workflow graphs (built, not run) for each combination of methods."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from bidsreg.bids.layout import FixedImage
+from bidsreg.workflows.participant import RunSettings, init_participant_wf, workflow_name
+
+ALL = ("cnn", "antsaffine", "antssyn")
+COMBINATIONS = [c for n in range(1, 4) for c in itertools.combinations(ALL, n)]
+
+
+@pytest.fixture()
+def files(bids_dataset) -> dict:
+    labels = bids_dataset / "derivatives/manual"
+    return {
+        "t1w": bids_dataset / "sub-02/anat/sub-02_T1w.nii.gz",
+        "labels": labels / "sub-02/anat/sub-02_desc-phantom_dseg.nii.gz",
+        "fixed": FixedImage(bids_dataset / "sub-01/anat/sub-01_T1w.nii.gz", "sub01", "sub-01",
+                            labels / "sub-01/anat/sub-01_desc-phantom_dseg.nii.gz", labels / "desc-phantom_dseg.tsv"),
+        "model": bids_dataset / "README",  # any existing file: the graph is built, not run
+    }
+
+
+def _build(files, methods, labels=True, tmp_path=Path("/tmp")):
+    return init_participant_wf(
+        t1w=files["t1w"], entities={"subject": "02", "datatype": "anat"}, fixed=files["fixed"],
+        settings=RunSettings(methods=methods, model=files["model"], seg="phantom"), output_dir=tmp_path,
+        labels=files["labels"] if labels else None,
+    )
+
+
+@pytest.mark.parametrize("methods", COMBINATIONS, ids=["+".join(c) for c in COMBINATIONS])
+@pytest.mark.parametrize("labels", [True, False], ids=["labels", "nolabels"])
+def test_one_branch_per_method_feeding_the_same_evaluation(files, methods, labels, tmp_path):
+    workflow = _build(files, methods, labels, tmp_path)
+    names = set(workflow.list_node_names())
+    branches = [m for m in ("cnnaffine", "cnn", "antsaffine", "antssyn") if m in methods or (m == "cnnaffine" and "cnn" in methods)]
+    for method in branches:
+        evaluate = {f"evaluate_{method}_wf.{n}" for n in ("warp_t1w", "ds_t1w", "ds_forward", "ds_inverse")}
+        assert evaluate <= names
+        assert (f"evaluate_{method}_wf.jacobian" in names) == (method in ("cnn", "antssyn"))
+        assert (f"evaluate_{method}_wf.overlap" in names) == labels
+    assert ({"cnn_global", "cnn_local"} <= names) == ("cnn" in methods)
+    for method in ("antsaffine", "antssyn"):
+        assert (f"ants_{method}" in names) == (method in methods)
+    assert ("evaluate_original_wf.overlap" in names) == labels
+    assert not any(n.startswith("evaluate_") and n.split(".")[0][9:-3] not in [*branches, "original"] for n in names)
+    # Each branch's transforms go to its own evaluation, through ITK files.
+    graph = workflow._create_flat_graph()
+    edges = {(u.fullname, v.fullname): d["connect"] for u, v, d in graph.edges(data=True)}
+    source = {"cnn": "cnn_local", "cnnaffine": "cnn_global", "antsaffine": "ants_antsaffine", "antssyn": "ants_antssyn"}
+    for method in branches:
+        key = (f"{workflow.name}.{source[method]}", f"{workflow.name}.evaluate_{method}_wf.inputnode")
+        assert ("forward_transform", "forward_transform") in edges[key]
+        inner = (f"{workflow.name}.evaluate_{method}_wf.inputnode", f"{workflow.name}.evaluate_{method}_wf.warp_t1w")
+        assert ("forward_transform", "transform") in edges[inner]
+
+
+def test_cnn_needs_a_model_and_methods_are_checked(files, tmp_path):
+    with pytest.raises(ValueError, match="needs a model"):
+        init_participant_wf(t1w=files["t1w"], entities={"subject": "02"}, fixed=files["fixed"],
+                            settings=RunSettings(methods=("cnn",)), output_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown method"):
+        _build(files, ("voxelmorph",), tmp_path=tmp_path)
+
+
+def test_workflow_names_have_no_dashes():
+    assert workflow_name({"subject": "10", "session": "a", "run": 2}) == "sub_10_ses_a_run_2_wf"
