@@ -16,7 +16,7 @@ import numpy as np
 
 from .atomic import atomic_output
 
-__all__ = ["Volume", "load_volume", "save_volume", "voxel_sizes"]
+__all__ = ["Volume", "load_volume", "same_grid", "save_volume", "voxel_sizes"]
 
 #: Largest accepted ratio between the longest and the shortest voxel side.
 MAX_ANISOTROPY = 5.0
@@ -124,6 +124,11 @@ def _check_affine(name: str, affine: np.ndarray) -> None:
             f"{name}: voxels of {np.round(sizes, 3).tolist()} mm are too anisotropic "
             f"(ratio > {MAX_ANISOTROPY:g}); resample to near-isotropic voxels first"
         )
+
+
+def same_grid(first: Volume, second: Volume, atol: float = 1e-3) -> bool:
+    """Whether two volumes share one voxel grid (shape, and affine within ``atol`` mm)."""
+    return first.shape == second.shape and bool(np.allclose(first.affine, second.affine, atol=atol))
 
 
 def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> None:

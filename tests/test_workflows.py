@@ -70,3 +70,28 @@ def test_cnn_needs_a_model_and_methods_are_checked(files, tmp_path):
 
 def test_workflow_names_have_no_dashes():
     assert workflow_name({"subject": "10", "session": "a", "run": 2}) == "sub_10_ses_a_run_2_wf"
+
+
+def test_a_brain_mask_extracts_the_brain_before_every_method(files, bids_dataset, tmp_path):
+    workflow = init_participant_wf(
+        t1w=files["t1w"], entities={"subject": "02"}, fixed=files["fixed"],
+        settings=RunSettings(methods=ALL, model=files["model"]), output_dir=tmp_path,
+        mask=files["labels"], skull_stripped=False,
+    )
+    graph = workflow._create_flat_graph()
+    fed = {v.name for u, v in graph.edges() if u.name == "mask_t1w"}
+    assert {"cnn_global", "cnn_local", "ants_antsaffine", "ants_antssyn", "inputnode"} <= fed
+
+
+def test_mask_image_interface(bids_dataset, tmp_path, monkeypatch):
+    import nibabel as nb
+    import numpy as np
+
+    from bidsreg.interfaces.apply import MaskImage
+
+    monkeypatch.chdir(tmp_path)
+    labels = bids_dataset / "derivatives/manual/sub-02/anat/sub-02_desc-phantom_dseg.nii.gz"
+    result = MaskImage(in_file=str(bids_dataset / "sub-02/anat/sub-02_T1w.nii.gz"), mask=str(labels)).run()
+    brain = np.asarray(nb.load(result.outputs.out_file).dataobj)
+    mask = np.asarray(nb.load(labels).dataobj) > 0
+    assert np.all(brain[~mask] == 0) and np.all(brain[mask] > 0)

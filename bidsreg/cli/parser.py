@@ -18,12 +18,11 @@ from typing import NoReturn, Sequence
 from .. import __version__
 from .. import exit_codes
 from ..nn.train import TrainConfig
+from ..workflows import METHODS
 
 __all__ = ["ANALYSIS_LEVELS", "METHODS", "build_parser", "parse_args"]
 
 ANALYSIS_LEVELS = ("train", "participant", "group")
-#: Registration methods of ``--methods`` (the CNN's global stage is reported as ``cnnaffine``).
-METHODS = ("cnn", "antsaffine", "antssyn")
 PLUGINS = ("MultiProc", "Linear", "SLURM", "SGE", "PBS", "LSF", "Condor", "OAR")
 
 

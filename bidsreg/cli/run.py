@@ -26,7 +26,8 @@ __all__ = ["main"]
 LOGGER = logging.getLogger("bidsreg")
 MODEL_NAME = "bidsreg_model"
 #: Entries of the derivatives dataset's .bidsignore: what is not BIDS in it.
-BIDSIGNORE = ("work/", "models/", "group/", "*_xfm.h5", "*_xfm.json", "*_overlap.tsv", "*_overlap.json")
+BIDSIGNORE = ("/work", "/models", "/group", "*_xfm.h5", "*_xfm.json", "*_overlap.tsv", "*_overlap.json",
+              "*_jacobian.nii.gz", "*_jacobian.json")
 
 
 def _setup_logging(verbose: int) -> None:
@@ -96,9 +97,9 @@ def _check_image(path: Path, labels: bool = False):
 
 
 def _check_same_grid(image, other, what: str) -> None:
-    import numpy as np
+    from ..image import same_grid
 
-    if image.shape != other.shape or not np.allclose(image.affine, other.affine, atol=1e-3):
+    if not same_grid(image, other):
         raise InputError(
             f"{other.path}: this {what} is on another grid ({other.shape}) than its T1w {image.path} ({image.shape}); "
             f"resample it onto the T1w grid or give the {what} made for this image"

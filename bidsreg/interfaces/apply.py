@@ -60,10 +60,10 @@ class MaskImage(SimpleInterface):
     output_spec = _OutFileSpec
 
     def _run_interface(self, runtime):
-        from ..image import load_volume, save_volume
+        from ..image import load_volume, same_grid, save_volume
 
         image, mask = load_volume(self.inputs.in_file), load_volume(self.inputs.mask, labels=True)
-        if image.shape != mask.shape or not np.allclose(image.affine, mask.affine, atol=1e-4):
+        if not same_grid(image, mask):
             raise ValueError(f"{self.inputs.mask}: not on the grid of {self.inputs.in_file}; use the mask made for this image")
         self._results["out_file"] = os.path.join(os.getcwd(), "brain.nii.gz")
         save_volume(self._results["out_file"], np.where(mask.data > 0, image.data, 0).astype(np.float32), image.affine)

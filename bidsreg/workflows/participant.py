@@ -19,16 +19,16 @@ from pathlib import Path
 
 from nipype.pipeline import engine as pe
 
+from ..baselines import ANTS_TRANSFORMS
 from ..bids.layout import FixedImage
+from . import DEFORMABLE, METHODS
 from ..interfaces.apply import ApplyTransform, MaskImage
 from ..interfaces.derivatives import DerivativesSink
 from ..interfaces.metrics import JacobianStats, LabelOverlap
 from ..interfaces.registration import ANTsRegistration, CNNGlobal, CNNLocal
 
-__all__ = ["DEFORMABLE", "RunSettings", "init_evaluate_wf", "init_participant_wf", "workflow_name"]
+__all__ = ["RunSettings", "init_evaluate_wf", "init_participant_wf", "workflow_name"]
 
-#: Methods whose transform has a displacement field (a Jacobian to measure).
-DEFORMABLE = frozenset({"cnn", "antssyn"})
 #: Entities of an input T1w that its derivatives keep.
 _KEPT = ("subject", "session", "acquisition", "ceagent", "reconstruction", "run")
 
@@ -109,9 +109,9 @@ def init_participant_wf(
     -------
     nipype.pipeline.engine.Workflow
     """
-    unknown = sorted(set(settings.methods) - {"cnn", "antsaffine", "antssyn"})
+    unknown = sorted(set(settings.methods) - set(METHODS))
     if unknown or not settings.methods:
-        raise ValueError(f"unknown method(s) {unknown or '(none)'}; choose from cnn, antsaffine, antssyn")
+        raise ValueError(f"unknown method(s) {unknown or '(none)'}; choose from {', '.join(METHODS)}")
     if "cnn" in settings.methods and settings.model is None:
         raise ValueError("the cnn method needs a model (a bidsreg checkpoint)")
     kept = {key: entities[key] for key in _KEPT if entities.get(key) is not None}
@@ -142,7 +142,7 @@ def init_participant_wf(
         connect_moving(stage2)
         workflow.connect([(stage1, stage2, [("forward_transform", "global_transform"), ("report", "global_report")])])
         branches["cnnaffine"], branches["cnn"] = stage1, stage2
-    for method in ("antsaffine", "antssyn"):
+    for method in ANTS_TRANSFORMS:
         if method in settings.methods:
             ants = pe.Node(
                 ANTsRegistration(fixed=str(fixed.path), method=method, seed=settings.seed, num_threads=threads),
