@@ -143,7 +143,7 @@ def test_group_tables_and_report(app):
     assert (group / "figures" / "sub-02_desc-cnn_overlay.png").is_file()
 
 
-def test_rerun_redoes_only_what_is_missing(app):
+def test_rerun_redoes_only_what_is_missing(app, capsys):
     out = app["out"]
     lost = out / "sub-02/anat/sub-02_space-sub01_desc-antssyn_T1w.nii.gz"
     kept = out / "sub-03/anat/sub-03_from-T1w_to-sub01_desc-cnn_mode-image_xfm.h5"
@@ -153,6 +153,8 @@ def test_rerun_redoes_only_what_is_missing(app):
     assert _participant(app["bids"], out, "--methods", "all", "--plugin", "Linear") == 0
     assert lost.is_file() and kept.read_bytes() == before[0]
     assert result.stat().st_mtime_ns == before[1]  # the registration was not run again
+    log = capsys.readouterr().err  # a line per subject and method, and a summary
+    assert "sub-02 antssyn: registered in" in log and "sub-03 cnn: mean Dice" in log and "summary" in log
 
 
 @pytest.mark.parametrize("method", ["cnn", "antssyn"])

@@ -25,9 +25,23 @@ __all__ = ["main"]
 
 LOGGER = logging.getLogger("bidsreg")
 MODEL_NAME = "bidsreg_model"
+#: Names of the registration nodes of the participant workflow (progress lines).
+_REGISTRATIONS = ("cnn_global", "cnn_local", "ants_antsaffine", "ants_antssyn")
 #: Entries of the derivatives dataset's .bidsignore: what is not BIDS in it.
 BIDSIGNORE = ("/work", "/models", "/group", "*_xfm.h5", "*_xfm.json", "*_overlap.tsv", "*_overlap.json",
               "*_jacobian.nii.gz", "*_jacobian.json")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (not when it was made)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def _setup_logging(verbose: int) -> None:
@@ -36,7 +50,7 @@ def _setup_logging(verbose: int) -> None:
 
     level = logging.DEBUG if verbose > 1 else logging.INFO
     if not LOGGER.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s bidsreg %(levelname)s: %(message)s", datefmt="%H:%M:%S"))
         LOGGER.addHandler(handler)
         LOGGER.propagate = False
@@ -166,24 +180,25 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _progress(node, status: str) -> None:
-    """Nipype status callback: a line per subject and method as its results are filed."""
-    if status != "end" or node.name not in ("ds_forward", "ds_overlap"):
+    """Nipype status callback: a line per subject and method as its registration ends and as
+    its overlaps are filed."""
+    if status != "end" or not (node.name in _REGISTRATIONS or node.name == "ds_overlap"):
         return
-    entities = node.inputs.entities
-    who = "_".join(f"{k[:3]}-{entities[k]}" for k in ("subject", "session", "run") if k in entities)
+    parts = node.fullname.split(".")[1].removesuffix("_wf").split("_")  # sub_10_ses_a -> sub-10_ses-a
+    who = "_".join(f"{key}-{value}" for key, value in zip(parts[::2], parts[1::2]))
     try:
         outputs = node.result.outputs
-        sidecar = json.loads(Path(outputs.out_sidecar).read_text())
-        if node.name == "ds_forward":
-            LOGGER.info("%s %s: registered in %.1f s -> %s", who, entities["desc"], sidecar.get("seconds", float("nan")),
-                        Path(outputs.out_file).name)
+        if node.name in _REGISTRATIONS:
+            report = json.loads(Path(outputs.report).read_text())
+            LOGGER.info("%s %s: registered in %.1f s", who, report["method"], report["seconds"])
         else:
             import pandas as pd
 
             dice = pd.read_csv(outputs.out_file, sep="\t", na_values="n/a")["dice"].mean()
-            LOGGER.info("%s %s: mean Dice %.3f (seg-%s)", who, entities["desc"], dice, entities.get("seg"))
-    except (OSError, ValueError, KeyError, AttributeError):  # progress lines must never break a run
-        LOGGER.info("%s %s: done", who, entities.get("desc"))
+            LOGGER.info("%s %s: mean Dice %.3f (seg-%s) -> %s", who, node.inputs.entities["desc"], dice,
+                        node.inputs.entities.get("seg"), Path(outputs.out_file).name)
+    except (OSError, ValueError, KeyError, AttributeError, IndexError):  # progress must never break a run
+        LOGGER.info("%s %s: done", who, node.name)
 
 
 def run_participant(args: argparse.Namespace) -> int:

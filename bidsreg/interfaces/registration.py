@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import time
 
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
 from ..atomic import atomic_output
 from ..itk import read_composite, write_composite
+from ..profiling import Usage, measure
 
 __all__ = ["ANTsRegistration", "CNNGlobal", "CNNLocal"]
 
@@ -44,7 +43,8 @@ class _CNNLocalInputSpec(_CNNInputSpec):
     global_report = File(exists=True, mandatory=True, desc="report of the global stage (its seconds count too)")
 
 
-def _write_outputs(results: dict, method: str, affine, displacement, inverse_displacement, reference, seconds, parameters):
+def _write_outputs(results: dict, method: str, affine, displacement, inverse_displacement, reference, usage: Usage,
+                   parameters: dict, seconds: float | None = None) -> None:
     """Write the transform pair and the JSON report in the working directory; fill ``results``."""
     cwd = os.getcwd()
     results["forward_transform"] = os.path.join(cwd, "forward_xfm.h5")
@@ -54,8 +54,8 @@ def _write_outputs(results: dict, method: str, affine, displacement, inverse_dis
     write_composite(results["inverse_transform"], affine, inverse_displacement, reference, inverse=True)
     report = {
         "method": method,
-        "seconds": round(float(seconds), 3),
-        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "seconds": round(float(usage.seconds if seconds is None else seconds), 3),
+        "peak_memory_mb": round(usage.peak_memory_mb, 1),
         "parameters": parameters,
     }
     with atomic_output(results["report"]) as tmp:
@@ -85,10 +85,10 @@ class CNNGlobal(SimpleInterface):
         from ..registration import register_global
 
         model = _load_model(self.inputs)
-        tick = time.perf_counter()
-        result = register_global(self.inputs.fixed, self.inputs.moving, model, global_instance_steps=self.inputs.instance_steps)
-        seconds = time.perf_counter() - tick
-        _write_outputs(self._results, "cnnaffine", result.affine, None, None, None, seconds, _cnn_parameters(self.inputs))
+        with measure() as usage:
+            result = register_global(self.inputs.fixed, self.inputs.moving, model,
+                                     global_instance_steps=self.inputs.instance_steps)
+        _write_outputs(self._results, "cnnaffine", result.affine, None, None, None, usage, _cnn_parameters(self.inputs))
         return runtime
 
 
@@ -105,19 +105,12 @@ class CNNLocal(SimpleInterface):
         affine, _, _ = read_composite(self.inputs.global_transform)
         with open(self.inputs.global_report) as handle:
             global_seconds = json.load(handle)["seconds"]
-        tick = time.perf_counter()
-        result = register(
-            self.inputs.fixed,
-            self.inputs.moving,
-            model,
-            affine=affine,
-            inverse=True,
-            local_instance_steps=self.inputs.instance_steps,
-        )
-        seconds = global_seconds + time.perf_counter() - tick  # both stages: what the user waits for
-        _write_outputs(
+        with measure() as usage:
+            result = register(self.inputs.fixed, self.inputs.moving, model, affine=affine, inverse=True,
+                              local_instance_steps=self.inputs.instance_steps)
+        _write_outputs(  # seconds of both stages: what the user waits for
             self._results, "cnn", result.affine, result.displacement, result.inverse_displacement,
-            result.fixed_affine, seconds, _cnn_parameters(self.inputs),
+            result.fixed_affine, usage, _cnn_parameters(self.inputs), seconds=global_seconds + usage.seconds,
         )
         return runtime
 
@@ -138,18 +131,19 @@ class ANTsRegistration(SimpleInterface):
     def _run_interface(self, runtime):
         from ..baselines import ants_register
 
-        result = ants_register(
-            self.inputs.fixed,
-            self.inputs.moving,
-            self.inputs.method,
-            affine_iterations=self.inputs.affine_iterations or None,
-            syn_iterations=self.inputs.syn_iterations or None,
-            seed=self.inputs.seed,
-            threads=self.inputs.num_threads,
-        )
-        _write_outputs(
+        with measure() as usage:
+            result = ants_register(
+                self.inputs.fixed,
+                self.inputs.moving,
+                self.inputs.method,
+                affine_iterations=self.inputs.affine_iterations or None,
+                syn_iterations=self.inputs.syn_iterations or None,
+                seed=self.inputs.seed,
+                threads=self.inputs.num_threads,
+            )
+        _write_outputs(  # seconds of antsRegistration itself, without reading the images
             self._results, self.inputs.method, result.affine, result.displacement, result.inverse_displacement,
-            result.reference_affine, result.seconds, result.parameters,
+            result.reference_affine, usage, result.parameters, seconds=result.seconds,
         )
         return runtime
 

@@ -29,6 +29,9 @@ from ..interfaces.registration import ANTsRegistration, CNNGlobal, CNNLocal
 
 __all__ = ["RunSettings", "init_evaluate_wf", "init_participant_wf", "workflow_name"]
 
+#: Peak memory (GB) of each registration of a 1 mm 256x256x160 pair (OASIS run of the README),
+#: so that MultiProc (``--mem-gb``) does not start more of them than fit.
+MEMORY_GB = {"cnnaffine": 1.8, "cnn": 2.5, "antsaffine": 1.8, "antssyn": 2.5}
 #: Entities of an input T1w that its derivatives keep.
 _KEPT = ("subject", "session", "acquisition", "ceagent", "reconstruction", "run")
 
@@ -136,8 +139,9 @@ def init_participant_wf(
     threads = settings.omp_nthreads
     if "cnn" in settings.methods:
         cnn = {"fixed": str(fixed.path), "model": str(settings.model), "device": settings.device, "num_threads": threads}
-        stage1 = pe.Node(CNNGlobal(**cnn), name="cnn_global", n_procs=threads)
-        stage2 = pe.Node(CNNLocal(instance_steps=settings.instance_steps, **cnn), name="cnn_local", n_procs=threads)
+        stage1 = pe.Node(CNNGlobal(**cnn), name="cnn_global", n_procs=threads, mem_gb=MEMORY_GB["cnnaffine"])
+        stage2 = pe.Node(CNNLocal(instance_steps=settings.instance_steps, **cnn), name="cnn_local", n_procs=threads,
+                         mem_gb=MEMORY_GB["cnn"])
         connect_moving(stage1)
         connect_moving(stage2)
         workflow.connect([(stage1, stage2, [("forward_transform", "global_transform"), ("report", "global_report")])])
@@ -148,6 +152,7 @@ def init_participant_wf(
                 ANTsRegistration(fixed=str(fixed.path), method=method, seed=settings.seed, num_threads=threads),
                 name=f"ants_{method}",
                 n_procs=threads,
+                mem_gb=MEMORY_GB[method],
             )
             if settings.affine_iterations:
                 ants.inputs.affine_iterations = list(settings.affine_iterations)

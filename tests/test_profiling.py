@@ -1,0 +1,19 @@
+"""Time and peak memory of a step (bidsreg.profiling)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from bidsreg.profiling import measure
+
+
+def test_measure_sees_a_short_lived_allocation():
+    with measure() as small:
+        time.sleep(0.1)
+    with measure(interval=0.01) as large:
+        block = np.ones(300 * 2**20 // 8)  # 300 MB, freed before the block ends
+        time.sleep(0.1)
+        del block
+    assert small.seconds >= 0.1 and large.seconds >= 0.1
+    assert large.peak_memory_mb > small.peak_memory_mb + 250
