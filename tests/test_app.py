@@ -175,3 +175,31 @@ def test_inverse_transform_brings_fixed_labels_into_the_subject(app, method):
     after_dice = overlap_table(warped.astype(np.int32), subject.data)["dice"].mean()
     before_dice = overlap_table(before.astype(np.int32), subject.data)["dice"].mean()
     assert after_dice > before_dice + 0.05
+
+
+def test_train_again_keeps_the_finished_model_and_refuses_another_setup(app, capsys):
+    checkpoint = app["out"] / "models" / "bidsreg_model.pt"
+    before = checkpoint.read_bytes()
+    common = [str(app["bids"]), str(app["out"]), "train", "--skip-bids-validation", "--deformable-steps", "4"]
+    assert main([*common, "--affine-steps", "4"]) == 0
+    assert checkpoint.read_bytes() == before and "already holds this finished training" in capsys.readouterr().err
+    assert main([*common, "--affine-steps", "5"]) == exit_codes.BAD_INPUT
+    assert "another configuration" in capsys.readouterr().err and checkpoint.read_bytes() == before
+
+
+def test_a_template_file_as_the_fixed_image(app, tmp_path):
+    bids, labels = app["bids"], app["bids"] / "derivatives/manual"
+    template = tmp_path / "tpl-Phantom_T1w.nii.gz"
+    atlas = tmp_path / "tpl-Phantom_desc-phantom_dseg.nii.gz"
+    shutil.copyfile(bids / "sub-01/anat/sub-01_T1w.nii.gz", template)
+    shutil.copyfile(labels / "sub-01/anat/sub-01_desc-phantom_dseg.nii.gz", atlas)
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "--skip-bids-validation", "--fixed", str(template),
+                 "--fixed-labels", str(atlas), "--labels", str(labels), "--labels-desc", "phantom",
+                 "--participant-label", "02", "--methods", "cnn", "--model", str(app["out"] / "models/bidsreg_model.pt")])
+    assert code == 0
+    anat = out / "sub-02" / "anat"
+    sidecar = json.loads((anat / "sub-02_space-Phantom_desc-cnn_T1w.json").read_text())
+    assert sidecar["SpatialReference"] == str(template)
+    assert (anat / "sub-02_from-Phantom_to-T1w_desc-cnn_mode-image_xfm.h5").is_file()
+    assert (anat / "sub-02_seg-phantom_desc-cnn_overlap.tsv").is_file()

@@ -148,6 +148,15 @@ def _resolve_model(args: argparse.Namespace) -> Path:
     return path
 
 
+def _finished(checkpoint: Path) -> bool:
+    from ..nn.checkpoint import load_checkpoint
+
+    try:
+        return bool(load_checkpoint(checkpoint)["training"].get("complete"))
+    except ValueError as error:
+        raise InputError(f"{error}; delete it or choose another output_dir") from None
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Train both stages on the selected subjects' T1w images; write the model and its card."""
     import torch
@@ -170,12 +179,17 @@ def run_train(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(args.nprocs, args.omp_nthreads))
     LOGGER.info("training on %d T1w image(s) of %d subject(s): %d + %d steps -> %s",
                 len(images), len(subjects), config.affine_steps, config.deformable_steps, checkpoint)
+    finished_before = checkpoint.is_file() and _finished(checkpoint)
     try:
         payload = train(images, checkpoint, config, device=args.device, progress=sys.stderr.isatty())
     except ValueError as error:
         raise InputError(str(error)) from None
     card = write_model_card(checkpoint, payload, args.bids_dir, subjects)
-    LOGGER.info("model written: %s (card %s)", checkpoint, card)
+    if finished_before:
+        LOGGER.info("%s already holds this finished training (same configuration and images, %.0f s); kept it "
+                    "(delete it to train again). Card: %s", checkpoint, payload["training"]["seconds"], card)
+    else:
+        LOGGER.info("model written: %s (card %s)", checkpoint, card)
     return exit_codes.OK
 
 
