@@ -73,9 +73,11 @@ def ants_register(
     syn_iterations : tuple of int, optional
         Iterations per level of SyN (antspyx ``reg_iterations``, default (40, 20, 0)).
     seed : int
-        ANTs random seed (the affine metric samples points at random).
+        ANTs random seed (the affine metric samples points at random; ``ANTS_RANDOM_SEED``).
     threads : int
-        ITK threads.
+        ITK threads (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``, read by ITK the first time a
+        process uses it). Results repeat exactly with one thread and a seed; with more threads
+        ANTs' parallel metric sums are not deterministic (differences of a few 0.001 Dice).
 
     Returns
     -------
