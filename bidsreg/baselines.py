@@ -83,8 +83,6 @@ def ants_register(
     -------
     BaselineResult
     """
-    import ants  # antspyx: imported here, it takes a second and only this branch needs it
-
     if method not in ANTS_TRANSFORMS:
         raise ValueError(f"unknown ANTs method {method!r}; choose from {', '.join(ANTS_TRANSFORMS)}")
     kind = ANTS_TRANSFORMS[method]
@@ -98,6 +96,7 @@ def ants_register(
         options["reg_iterations"] = tuple(int(i) for i in syn_iterations)
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
     os.environ["ANTS_RANDOM_SEED"] = str(seed)
+    import ants  # antspyx: imported here (a second to load), after ITK's settings are in the environment
     fixed_img, moving_img = ants.image_read(str(fixed)), ants.image_read(str(moving))
     with tempfile.TemporaryDirectory(prefix="bidsreg-ants-") as tmp:
         tick = time.perf_counter()

@@ -71,7 +71,7 @@ def _prepare_output(output_dir: Path, bids_dir: Path) -> None:
             "Name": "bidsreg registrations",
             "BIDSVersion": "1.9.0",
             "DatasetType": "derivative",
-            "GeneratedBy": [{"Name": "bidsreg", "Version": __version__, "CodeURL": "https://github.com/bidsreg/bidsreg",
+            "GeneratedBy": [{"Name": "bidsreg", "Version": __version__,
                              **({"Container": {"Type": "singularity" if os.environ.get("SINGULARITY_NAME") else "docker",
                                                "Tag": os.environ.get("BIDSREG_CONTAINER", "")}}
                                 if os.environ.get("BIDSREG_CONTAINER") else {})}],

@@ -56,6 +56,7 @@ def region_boxplot(labels: pd.DataFrame, path: str | os.PathLike, measure: str =
             box.set_facecolor(colours[index % len(colours)])
         axis.plot([], [], "s", color=colours[index % len(colours)], label=method)
     axis.set_yticks(range(len(regions)), regions, fontsize=7)
+    axis.set_ylim(len(regions) - 0.5, -0.5)  # the first label on top
     axis.set_xlabel(measure)
     axis.legend(loc="lower left", fontsize=8)
     axis.set_title(f"{measure} per region (boxes over subjects)")
