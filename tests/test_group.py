@@ -75,3 +75,9 @@ def test_parse_name():
         {"sub": "10", "ses": "a", "seg": "DKT31", "desc": "cnn"}, "overlap")
     with pytest.raises(ValueError, match="not a BIDS file name"):
         parse_name("sub-10_bad_overlap.tsv")
+
+
+def test_qc_flags_images_not_known_to_be_skull_stripped(subjects):
+    subjects["skull_stripped"] = [None if s == "02" else True for s in subjects["subject"]]  # as sidecars give it
+    qc = qc_flags(subjects).set_index(["subject", "method"])["qc"]
+    assert qc.loc[("02", "cnn")] == "T1w not known to be skull-stripped" and qc.loc[("02", "original")] == "ok"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
 from ..atomic import atomic_output
@@ -43,9 +44,22 @@ class _CNNLocalInputSpec(_CNNInputSpec):
     global_report = File(exists=True, mandatory=True, desc="report of the global stage (its seconds count too)")
 
 
-def _write_outputs(results: dict, method: str, affine, displacement, inverse_displacement, reference, usage: Usage,
-                   parameters: dict, seconds: float | None = None) -> None:
-    """Write the transform pair and the JSON report in the working directory; fill ``results``."""
+def _write_outputs(
+    results: dict,
+    method: str,
+    affine: np.ndarray,
+    displacement: np.ndarray | None,
+    inverse_displacement: np.ndarray | None,
+    reference: np.ndarray | None,
+    usage: Usage,
+    parameters: dict,
+    seconds: float | None = None,
+) -> None:
+    """Write the transform pair and the JSON report in the working directory; fill ``results``.
+
+    ``seconds`` replaces ``usage.seconds`` when the step's own time is known better (ANTs'
+    registration alone, or both CNN stages).
+    """
     cwd = os.getcwd()
     results["forward_transform"] = os.path.join(cwd, "forward_xfm.h5")
     results["inverse_transform"] = os.path.join(cwd, "inverse_xfm.h5")

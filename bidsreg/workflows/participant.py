@@ -248,7 +248,20 @@ def _merge_reports(workflow: pe.Workflow, inputnode: pe.Node, jacobian: pe.Node 
     return merge
 
 
-def _add_overlap(workflow, inputnode, *, labels, fixed, entities, seg, sink, transform, merge=None) -> None:
+def _add_overlap(
+    workflow: pe.Workflow,
+    inputnode: pe.Node | None,
+    *,
+    labels: Path,
+    fixed: FixedImage,
+    entities: dict,
+    seg: str,
+    sink: dict,
+    transform: bool,
+    merge: pe.Node | None = None,
+) -> None:
+    """Warp the label map (through ``inputnode``'s forward transform when ``transform``, else
+    scanner coordinates), measure its overlap with the fixed labels and file both."""
     warp_labels = pe.Node(ApplyTransform(in_file=str(labels), reference=str(fixed.labels), interpolation="nearest"),
                           name="warp_labels")
     overlap = pe.Node(LabelOverlap(fixed_labels=str(fixed.labels)), name="overlap")
@@ -272,7 +285,9 @@ def _add_overlap(workflow, inputnode, *, labels, fixed, entities, seg, sink, tra
         ])
 
 
-def _init_original_wf(*, entities, fixed, output_dir, labels, seg, metadata) -> pe.Workflow:
+def _init_original_wf(
+    *, entities: dict, fixed: FixedImage, output_dir: Path, labels: Path, seg: str, metadata: dict
+) -> pe.Workflow:
     """The "original" overlap: labels resampled through scanner coordinates, no transform."""
     workflow = pe.Workflow(name="evaluate_original_wf")
     sink = {"base_directory": str(output_dir), "metadata": {**metadata, "Method": "original"}}
