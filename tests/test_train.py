@@ -327,3 +327,28 @@ def test_stage_one_recovers_a_known_affine(phantom, phantom_files, known_map, ma
         result = register(phantom_files[fixed], phantom_files[moving], model)
         both = np.linalg.norm(map_points(points, result.affine) - map_points(points, truth), axis=1)
         assert both.mean() < 0.5 * start.mean(), (fixed, both.mean(), start.mean())
+
+
+def test_training_logs_a_line_every_few_steps(images, make_config, tmp_path):
+    import logging
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    logger, handler = logging.getLogger("bidsreg"), Collect()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        train(images, tmp_path / "m.pt", make_config(), device="cpu", progress=False, log_every=2)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    lines = [line for line in handler.lines if line.startswith("training step")]
+    assert [line.split()[2] for line in lines] == ["2/6", "4/6", "6/6"]
+    assert "(affine)" in lines[0] and "(deformable)" in lines[-1] and "mean loss" in lines[0]

@@ -181,7 +181,9 @@ def run_train(args: argparse.Namespace) -> int:
                 len(images), len(subjects), config.affine_steps, config.deformable_steps, checkpoint)
     finished_before = checkpoint.is_file() and _finished(checkpoint)
     try:
-        payload = train(images, checkpoint, config, device=args.device, progress=sys.stderr.isatty())
+        interactive = sys.stderr.isatty()  # a progress bar on a terminal, a line every 100 steps in a job's log
+        payload = train(images, checkpoint, config, device=args.device, progress=interactive,
+                        log_every=0 if interactive else 100)
     except ValueError as error:
         raise InputError(str(error)) from None
     card = write_model_card(checkpoint, payload, args.bids_dir, subjects)

@@ -10,6 +10,7 @@ not bitwise reproducible.)
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -211,6 +212,7 @@ def train(
     device: str | torch.device = "auto",
     until: int | None = None,
     progress: bool = True,
+    log_every: int = 0,
 ) -> dict:
     """Train both stages and write a checkpoint; resume if ``checkpoint`` holds an unfinished run.
 
@@ -228,6 +230,10 @@ def train(
         Stop after this many steps in all (both stages), leaving a resumable checkpoint.
     progress : bool
         Show a tqdm progress bar with the running loss.
+    log_every : int
+        Also log a line (logger ``bidsreg``) every this many steps with the stage, the mean
+        loss since the last line and the elapsed time, for logs that are not a terminal
+        (a cluster job's output); 0: never.
 
     Returns
     -------
@@ -330,6 +336,12 @@ def train(
         step += 1
         bar.update(1)
         bar.set_postfix(stage=stage, loss=f"{history[stage][-1]:.4f}")
+        if log_every and (step % log_every == 0 or step == total):
+            recent = history[stage][-log_every:]
+            logging.getLogger("bidsreg").info(
+                "training step %d/%d (%s): mean loss %.4f over the last %d steps, %.0f s",
+                step, total, stage, float(np.mean(recent)), len(recent), seconds + time.perf_counter() - started,
+            )
         if step % config.checkpoint_every == 0 and step < total:
             save_checkpoint(checkpoint, snapshot(False))
     bar.close()
