@@ -86,12 +86,23 @@ def _non_negative(value: str) -> int:
     return number
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where it says something (not None, False or empty) and the help
+    does not state it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.default == {}:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``bidsreg`` argument parser."""
     parser = _Parser(
         prog="bidsreg",
         description="Two-stage unsupervised CNN registration of T1w brains, benchmarked against ANTs (a BIDS-App).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     parser.add_argument("bids_dir", type=Path, help="the input BIDS dataset")
     parser.add_argument("output_dir", type=Path, help="the output folder (a BIDS derivatives dataset)")
@@ -99,8 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bidsreg {__version__}")
 
     bids = parser.add_argument_group("selecting the data")
-    bids.add_argument("--participant-label", "--participant_label", nargs="+", type=_entity_label("sub-", "subject"), metavar="LABEL")
-    bids.add_argument("--session-label", "--session_label", nargs="+", type=_entity_label("ses-", "session"), metavar="LABEL")
+    bids.add_argument("--participant-label", "--participant_label", nargs="+", type=_entity_label("sub-", "subject"),
+                      metavar="LABEL", help="subjects to process, with or without 'sub-' (default: all)")
+    bids.add_argument("--session-label", "--session_label", nargs="+", type=_entity_label("ses-", "session"),
+                      metavar="LABEL", help="sessions to process (default: all)")
     bids.add_argument("--bids-filter-file", type=Path, metavar="FILE", help="a PyBIDS filter JSON")
     bids.add_argument("--skip-bids-validation", action="store_true", help="do not run the BIDS validator")
 
@@ -128,15 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = parser.add_argument_group("running")
     run.add_argument("-w", "--work-dir", type=Path, metavar="DIR", help="Nipype working directory, the cache of a rerun (default: output_dir/work)")
-    run.add_argument("--nprocs", type=_positive, default=1, metavar="N")
-    run.add_argument("--omp-nthreads", type=_positive, default=1, metavar="N")
-    run.add_argument("--mem-gb", type=float, metavar="GB")
-    run.add_argument("--plugin", choices=PLUGINS, default="MultiProc")
-    run.add_argument("--plugin-args", type=_json_object, default={}, metavar="JSON")
-    run.add_argument("--stop-on-first-crash", action="store_true")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("-v", "--verbose", action="count", default=0)
+    run.add_argument("--nprocs", type=_positive, default=1, metavar="N",
+                     help="CPU cores: steps run side by side (MultiProc); threads of train")
+    run.add_argument("--omp-nthreads", type=_positive, default=1, metavar="N", help="threads of each registration")
+    run.add_argument("--mem-gb", type=float, metavar="GB", help="memory MultiProc may use (default: 90%% of the machine's)")
+    run.add_argument("--plugin", choices=PLUGINS, default="MultiProc", help="Nipype execution plugin")
+    run.add_argument("--plugin-args", type=_json_object, default={}, metavar="JSON",
+                     help='the plugin\'s arguments, e.g. \'{"sbatch_args": "--time=1:00:00"}\'')
+    run.add_argument("--stop-on-first-crash", action="store_true", help="stop the whole run when one step fails")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch device of the networks")
+    run.add_argument("--seed", type=int, default=0, help="random seed of training and of ANTs (default: 0)")
+    run.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug)")
     return parser
 
 
