@@ -161,3 +161,10 @@ def test_an_output_dir_that_cannot_be_created(capsys, dataset, tmp_path, model):
 def test_group_without_participant_results(capsys, dataset, out):
     code, line = _run(capsys, dataset, out, level="group")
     assert code == exit_codes.INPUT_MISSING and "participant" in line and _unchanged(out)
+
+
+def test_a_fixed_file_whose_name_makes_no_space_label(capsys, dataset, out, model, tmp_path):
+    odd = tmp_path / "_T1w.nii.gz"
+    shutil.copyfile(dataset / "sub-01/anat/sub-01_T1w.nii.gz", odd)
+    code, line = _run(capsys, dataset, out, "--fixed", str(odd), "--model", str(model))
+    assert code == exit_codes.BAD_INPUT and "rename it" in line and _unchanged(out)

@@ -230,4 +230,8 @@ def fixed_image(
             f"{path}: the fixed image has no label map{desc} {where}, so overlaps cannot be measured; "
             "add its _dseg.nii.gz, choose another --fixed, or leave out --labels"
         )
-    return FixedImage(path=path, space=space_label(fixed), source=fixed, labels=label_map, lut=lut)
+    try:
+        space = space_label(fixed)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    return FixedImage(path=path, space=space, source=fixed, labels=label_map, lut=lut)
