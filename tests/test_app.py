@@ -202,4 +202,6 @@ def test_a_template_file_as_the_fixed_image(app, tmp_path):
     sidecar = json.loads((anat / "sub-02_space-Phantom_desc-cnn_T1w.json").read_text())
     assert sidecar["SpatialReference"] == str(template)
     assert (anat / "sub-02_from-Phantom_to-T1w_desc-cnn_mode-image_xfm.h5").is_file()
-    assert (anat / "sub-02_seg-phantom_desc-cnn_overlap.tsv").is_file()
+    table = pd.read_csv(anat / "sub-02_seg-phantom_desc-cnn_overlap.tsv", sep="\t")
+    assert table["name"].iloc[0] == "octant-LPI"  # the lookup table of --labels names the template's labels too
+    assert json.loads((anat / "sub-02_seg-phantom_desc-cnn_overlap.json").read_text())["Space"] == "Phantom"

@@ -216,9 +216,9 @@ def fixed_image(
             raise MissingInputError(f"{layout.root}: --fixed {fixed} is not a subject of the dataset; choose one of "
                                     f"{', '.join('sub-' + s for s in sorted(layout.get_subjects()))} or give a NIfTI path")
         image = collect_t1w(layout, subject, labels=labels, labels_desc=labels_desc)[0]
-        path, label_map, lut = image.path, image.labels, find_lut(labels, labels_desc)
+        path, label_map = image.path, image.labels
     else:
-        path, label_map, lut = Path(fixed).expanduser().resolve(), fixed_labels, None
+        path, label_map = Path(fixed).expanduser().resolve(), fixed_labels
         if not path.is_file():
             raise MissingInputError(f"{path}: --fixed file not found; give an existing NIfTI image or a subject (sub-01)")
         if label_map is not None and not Path(label_map).is_file():
@@ -234,4 +234,4 @@ def fixed_image(
         space = space_label(fixed)
     except ValueError as error:
         raise InputError(str(error)) from None
-    return FixedImage(path=path, space=space, source=fixed, labels=label_map, lut=lut)
+    return FixedImage(path=path, space=space, source=fixed, labels=label_map, lut=find_lut(labels, labels_desc))

@@ -71,8 +71,7 @@ def collect(output_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
         entities, _ = parse_name(path.name)
         table = pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
         sidecar = _sidecar(path)
-        space = transforms.get(_key(entities), ({}, {}))[0].get("to") or sidecar.get("SpatialReference", "").replace("-", "")
-        rows.append(_row(entities, sidecar, space, summarise(table)))
+        rows.append(_row(entities, sidecar, sidecar.get("Space"), summarise(table)))
         seen.add(_key(entities))
         table.insert(0, "seg", entities.get("seg"))
         table.insert(0, "method", entities.get("desc"))
@@ -81,7 +80,7 @@ def collect(output_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
         label_tables.append(table)
     for key, (entities, sidecar) in transforms.items():
         if key not in seen:  # registered without labels: time and regularity only
-            rows.append(_row(entities, sidecar, entities.get("to"), {}))
+            rows.append(_row(entities, sidecar, sidecar.get("Space", entities.get("to")), {}))
     subjects = pd.DataFrame(rows, columns=list(SUBJECT_COLUMNS))
     labels = pd.concat(label_tables, ignore_index=True) if label_tables else pd.DataFrame()
     return subjects.sort_values(["subject", "session", "run", "method"], na_position="first", ignore_index=True), labels

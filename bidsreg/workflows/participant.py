@@ -125,6 +125,7 @@ def init_participant_wf(
         "SkullStripped": skull_stripped if mask is None else True,
         "SpatialReference": fixed.source if fixed.source.startswith("sub-") else str(fixed.path),
         "FixedImage": str(fixed.path),
+        "Space": fixed.space,
     }
 
     moving = pe.Node(MaskImage(in_file=str(t1w), mask=str(mask)), name="mask_t1w") if mask else None
