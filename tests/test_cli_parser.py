@@ -48,7 +48,7 @@ def test_methods(dirs, value, expected):
         (["participant", "--plugin-args", "{bad"], exit_codes.USAGE, "JSON"),
         (["participant", "--plugin-args", "[1]"], exit_codes.USAGE, "JSON object"),
         (["participant", "--nprocs", "0"], exit_codes.USAGE, ">= 1"),
-        (["participant", "--plugin", "Slurm"], exit_codes.USAGE, "SLURM"),
+        (["participant", "--plugin", "Slurm"], exit_codes.USAGE, "SLURMGraph"),
         (["participant", "--no-such-flag"], exit_codes.USAGE, "unrecognized"),
         (["participant", "--fixed-labels", "l.nii.gz", "--fixed", "sub-01"], exit_codes.USAGE, "--labels"),
         ([], exit_codes.USAGE, "required"),

@@ -23,7 +23,6 @@ from ..workflows import METHODS
 __all__ = ["ANALYSIS_LEVELS", "METHODS", "build_parser", "parse_args"]
 
 ANALYSIS_LEVELS = ("train", "participant", "group")
-PLUGINS = ("MultiProc", "Linear", "SLURM", "SGE", "PBS", "LSF", "Condor", "OAR")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,6 +59,16 @@ def _methods(value: str) -> list[str]:
             f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)} or 'all'"
         )
     return list(dict.fromkeys(names))
+
+
+def _plugin(value: str) -> str:
+    """A Nipype execution plugin by name (``MultiProc``, ``Linear``, ``SLURM``, ``SLURMGraph``, ...)."""
+    from nipype.pipeline import plugins
+
+    names = sorted(name[: -len("Plugin")] for name in dir(plugins) if name.endswith("Plugin") and name != "Plugin")
+    if value not in names:
+        raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (Nipype plugins: {', '.join(names)})")
+    return value
 
 
 def _json_object(value: str) -> dict:
@@ -145,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="CPU cores: steps run side by side (MultiProc); threads of train")
     run.add_argument("--omp-nthreads", type=_positive, default=1, metavar="N", help="threads of each registration")
     run.add_argument("--mem-gb", type=float, metavar="GB", help="memory MultiProc may use (default: 90%% of the machine's)")
-    run.add_argument("--plugin", choices=PLUGINS, default="MultiProc", help="Nipype execution plugin")
+    run.add_argument("--plugin", type=_plugin, default="MultiProc", metavar="NAME",
+                     help="Nipype execution plugin: MultiProc, Linear, SLURM, SGE, PBS, LSF, ... (any Nipype plugin)")
     run.add_argument("--plugin-args", type=_json_object, default={}, metavar="JSON",
                      help='the plugin\'s arguments, e.g. \'{"sbatch_args": "--time=1:00:00"}\'')
     run.add_argument("--stop-on-first-crash", action="store_true", help="stop the whole run when one step fails")
