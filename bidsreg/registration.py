@@ -322,6 +322,28 @@ def _given_global_stage(
     return GlobalStage(grid, grid.resample(fixed), translation(moving.centre - fixed.centre), world_map)
 
 
+def _global_stage(
+    model: RegistrationModel,
+    fixed: PreparedImage,
+    moving: PreparedImage,
+    moving_vol: Volume,
+    affine: np.ndarray | None,
+    steps: int,
+    seconds: dict,
+) -> tuple[GlobalStage, torch.Tensor]:
+    """The global stage (or the one given as ``affine``), checked for overlap; also returns the
+    moving image on the network grid after it."""
+    tick = time.perf_counter()
+    if affine is None:
+        stage = symmetric_world_map(model.affine_net, fixed, moving, model.preprocess, steps)
+    else:
+        stage = _given_global_stage(fixed, moving, model, affine)
+    moving_grid = stage.grid.resample(moving, stage.world_map)
+    _check_overlap(stage.fixed, moving_grid, model.preprocess.foreground, moving_vol.path or "moving image")
+    seconds["global"] = time.perf_counter() - tick
+    return stage, moving_grid
+
+
 @torch.no_grad()
 def register_global(
     fixed: Volume | str | os.PathLike,
@@ -341,11 +363,7 @@ def register_global(
         raise ValueError(f"global_instance_steps must be >= 0, got {global_instance_steps}")
     seconds: dict = {}
     fixed_vol, moving_vol, fixed_img, moving_img = _prepare_pair(fixed, moving, model, seconds)
-    tick = time.perf_counter()
-    stage = symmetric_world_map(model.affine_net, fixed_img, moving_img, model.preprocess, global_instance_steps)
-    _check_overlap(stage.fixed, stage.grid.resample(moving_img, stage.world_map), model.preprocess.foreground,
-                   moving_vol.path or "moving image")
-    seconds["global"] = time.perf_counter() - tick
+    stage, _ = _global_stage(model, fixed_img, moving_img, moving_vol, None, global_instance_steps, seconds)
     return RegistrationResult(
         fixed_shape=fixed_vol.shape,
         fixed_affine=fixed_vol.affine,
@@ -401,17 +419,8 @@ def register(
             raise ValueError(f"{name} must be >= 0, got {steps}")
     seconds: dict = {}
     fixed_vol, moving_vol, fixed_img, moving_img = _prepare_pair(fixed, moving, model, seconds)
-    cfg = model.preprocess
-
-    tick = time.perf_counter()
-    if affine is None:
-        stage = symmetric_world_map(model.affine_net, fixed_img, moving_img, cfg, global_instance_steps)
-    else:
-        stage = _given_global_stage(fixed_img, moving_img, model, affine)
+    stage, moving_grid = _global_stage(model, fixed_img, moving_img, moving_vol, affine, global_instance_steps, seconds)
     grid, fixed_grid, com, world_map = stage.grid, stage.fixed, stage.com, stage.world_map
-    moving_grid = grid.resample(moving_img, world_map)
-    _check_overlap(fixed_grid, moving_grid, cfg.foreground, moving_vol.path or "moving image")
-    seconds["global"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     net = model.deformable_net
