@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["ENTITY_ORDER", "derivative_path", "space_label"]
+__all__ = ["ENTITY_ORDER", "derivative_path", "sidecar_path", "space_label"]
 
 #: BIDS entity keys in filename order (those bidsreg writes).
 #: ``mode`` follows ``desc`` as CONVENTIONS.md writes transform names.
@@ -68,3 +68,10 @@ def derivative_path(output_dir: str | os.PathLike, entities: dict, suffix: str, 
     if "ses" in short:
         folder = folder / f"ses-{short['ses']}"
     return folder / "anat" / f"{name}_{suffix}{extension}"
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The JSON sidecar of a BIDS file: its name up to the first ``.``, then ``.json``
+    (``..._T1w.nii.gz`` -> ``..._T1w.json``)."""
+    path = Path(path)
+    return path.with_name(path.name.split(".", 1)[0] + ".json")

@@ -81,18 +81,20 @@ def _json_object(value: str) -> dict:
     return parsed
 
 
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return number
+def _at_least(minimum: int):
+    """argparse type of an integer >= ``minimum``."""
+
+    def parse(value: str) -> int:
+        number = int(value)
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return number
+
+    parse.__name__ = "integer"  # argparse's message: "invalid integer value: 'x'"
+    return parse
 
 
-def _non_negative(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return number
+_positive, _non_negative = _at_least(1), _at_least(0)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -120,17 +120,25 @@ def _check_same_grid(image, other, what: str) -> None:
         )
 
 
-def _check_inputs(item) -> None:
-    """Load every file of a T1w input once, so that a bad one fails before any work starts."""
-    image = _check_image(item.path)
-    for path, what in ((item.labels, "label map"), (item.mask, "brain mask")):
+def _check_inputs(image_path: Path, labels: Path | None = None, mask: Path | None = None) -> None:
+    """Load an image and its label map and mask once, so that a bad one fails before any work starts."""
+    image = _check_image(image_path)
+    for path, what in ((labels, "label map"), (mask, "brain mask")):
         if path is not None:
             _check_same_grid(image, _check_image(path, labels=True), what)
 
 
-def _resolve_model(args: argparse.Namespace) -> Path:
+def _read_checkpoint(path: Path, fix: str = "") -> dict:
+    """A bidsreg checkpoint; a file that is not one is bad input (65)."""
     from ..nn.checkpoint import load_checkpoint
 
+    try:
+        return load_checkpoint(path)
+    except ValueError as error:
+        raise InputError(f"{error}{fix}") from None
+
+
+def _resolve_model(args: argparse.Namespace) -> Path:
     path = args.model or args.output_dir / "models" / f"{MODEL_NAME}.pt"
     if not path.is_file():
         if args.model:
@@ -139,22 +147,9 @@ def _resolve_model(args: argparse.Namespace) -> Path:
             f"{path}: no trained model (no --model, none in output_dir/models); train one with "
             f"'bidsreg {args.bids_dir} {args.output_dir} train' or pass --model CKPT"
         )
-    try:
-        payload = load_checkpoint(path)
-    except ValueError as error:
-        raise InputError(str(error)) from None
-    if not payload["training"].get("complete"):
+    if not _read_checkpoint(path)["training"].get("complete"):
         raise InputError(f"{path}: this training is unfinished; run the train level again to finish it")
     return path
-
-
-def _finished(checkpoint: Path) -> bool:
-    from ..nn.checkpoint import load_checkpoint
-
-    try:
-        return bool(load_checkpoint(checkpoint)["training"].get("complete"))
-    except ValueError as error:
-        raise InputError(f"{error}; delete it or choose another output_dir") from None
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -179,7 +174,9 @@ def run_train(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(args.nprocs, args.omp_nthreads))
     LOGGER.info("training on %d T1w image(s) of %d subject(s): %d + %d steps -> %s",
                 len(images), len(subjects), config.affine_steps, config.deformable_steps, checkpoint)
-    finished_before = checkpoint.is_file() and _finished(checkpoint)
+    finished_before = checkpoint.is_file() and bool(
+        _read_checkpoint(checkpoint, "; delete it or choose another output_dir")["training"].get("complete")
+    )
     try:
         interactive = sys.stderr.isatty()  # a progress bar on a terminal, a line every 100 steps in a job's log
         payload = train(images, checkpoint, config, device=args.device, progress=interactive,
@@ -231,9 +228,7 @@ def run_participant(args: argparse.Namespace) -> int:
     subjects = select_subjects(layout, args.participant_label)
     fixed = fixed_image(args.fixed, layout, fixed_labels=args.fixed_labels, labels=labels, labels_desc=args.labels_desc,
                         need_labels=labels is not None or args.fixed_labels is not None)
-    fixed_volume = _check_image(fixed.path)
-    if fixed.labels is not None:
-        _check_same_grid(fixed_volume, _check_image(fixed.labels, labels=True), "label map")
+    _check_inputs(fixed.path, fixed.labels)
     if fixed.source.startswith("sub-") and fixed.source[4:] in subjects:
         LOGGER.info("%s is the fixed image; it is not registered to itself", fixed.source)
         subjects = [s for s in subjects if s != fixed.source[4:]]
@@ -245,7 +240,7 @@ def run_participant(args: argparse.Namespace) -> int:
     for subject in subjects:
         for item in collect_t1w(layout, subject, sessions=args.session_label, filters=filters, labels=labels,
                                 labels_desc=args.labels_desc, masks=masks):
-            _check_inputs(item)
+            _check_inputs(item.path, item.labels, item.mask)
             if item.mask is None and item.skull_stripped is not True:
                 LOGGER.warning("%s: not known to be skull-stripped (SkullStripped %s) and no --masks; the networks "
                                "expect brain-extracted images", item.path.name, item.skull_stripped)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..bids.derivatives import sidecar_path
 from ..metrics import summarise
 
 __all__ = ["SUBJECT_COLUMNS", "collect", "parse_name"]
@@ -35,7 +36,7 @@ def parse_name(name: str) -> tuple[dict, str]:
 
 
 def _sidecar(path: Path) -> dict:
-    sidecar = path.with_name(path.name.split(".", 1)[0] + ".json")
+    sidecar = sidecar_path(path)
     return json.loads(sidecar.read_text()) if sidecar.is_file() else {}
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import atomic_output
+from ..bids.derivatives import sidecar_path
 from ..errors import MissingInputError
 from .collect import collect, parse_name
 from .figures import method_boxplot, overlay, region_boxplot
@@ -66,14 +67,16 @@ def _overlays(output_dir: Path, figures: Path, subjects: pd.DataFrame) -> list[P
     if not registered:
         return []
     method = "cnn" if "cnn" in registered else registered[0]
-    out = []
+    out, fixed_images = [], {}  # one fixed image for every subject, usually: read it once
     for warped in sorted(output_dir.glob(f"sub-*/**/anat/*_desc-{method}_T1w.nii.gz")):
-        sidecar = json.loads(warped.with_name(warped.name.replace(".nii.gz", ".json")).read_text())
+        sidecar = json.loads(sidecar_path(warped).read_text())
         fixed_path, sources = sidecar.get("FixedImage"), sidecar.get("Sources", [])
         if not fixed_path or not sources or not Path(fixed_path).is_file() or not Path(sources[0]).is_file():
             LOGGER.warning("%s: no overlay (its fixed or source image is no longer where the sidecar says)", warped)
             continue
-        fixed, moving, after = load_volume(fixed_path), load_volume(sources[0]), load_volume(warped)
+        if fixed_path not in fixed_images:
+            fixed_images[fixed_path] = load_volume(fixed_path)
+        fixed, moving, after = fixed_images[fixed_path], load_volume(sources[0]), load_volume(warped)
         before = apply_transform(moving, fixed.shape, fixed.affine, np.eye(4))
         entities, _ = parse_name(warped.name)
         name = "_".join(f"{k}-{v}" for k, v in entities.items() if k in ("sub", "ses", "run"))

@@ -44,7 +44,7 @@ class DerivativesSink(SimpleInterface):
     always_run = True
 
     def _run_interface(self, runtime):
-        from ..bids.derivatives import derivative_path
+        from ..bids.derivatives import derivative_path, sidecar_path
 
         target = derivative_path(self.inputs.base_directory, self.inputs.entities, self.inputs.suffix, self.inputs.extension)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -57,9 +57,9 @@ class DerivativesSink(SimpleInterface):
         for path in self.inputs.json_files or []:
             with open(path) as handle:
                 sidecar.update(json.load(handle))
-        sidecar_path = target.with_name(target.name[: -len(self.inputs.extension)] + ".json")
-        with atomic_output(sidecar_path) as tmp:
+        sidecar_file = sidecar_path(target)
+        with atomic_output(sidecar_file) as tmp:
             tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
         self._results["out_file"] = str(target)
-        self._results["out_sidecar"] = str(sidecar_path)
+        self._results["out_sidecar"] = str(sidecar_file)
         return runtime
