@@ -15,6 +15,7 @@ import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
 from ..atomic import atomic_output
+from ..baselines import ANTS_TRANSFORMS
 from ..itk import read_composite, write_composite
 from ..profiling import Usage, measure
 
@@ -130,7 +131,7 @@ class CNNLocal(SimpleInterface):
 
 
 class _ANTsInputSpec(_RegistrationInputSpec):
-    method = traits.Enum("antsaffine", "antssyn", mandatory=True, desc="bidsreg method name")
+    method = traits.Enum(*ANTS_TRANSFORMS, mandatory=True, desc="bidsreg method name")
     affine_iterations = traits.List(traits.Int, desc="iterations per affine level (default: antspyx's)")
     syn_iterations = traits.List(traits.Int, desc="iterations per SyN level (default: antspyx's)")
     seed = traits.Int(0, usedefault=True, desc="ANTs random seed")
