@@ -4,19 +4,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 from bidsreg.atomic import atomic_output
 from bidsreg.image import Volume
-from bidsreg.metrics import overlap_table, summarise
+from bidsreg.itk import read_displacement
+from bidsreg.metrics import jacobian_stats, overlap_table, summarise, world_jacobian_determinant
 from bidsreg.nn.train import TrainConfig, train
+from bidsreg.registration import register
 from bidsreg.transforms import apply_transform
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SUBJECTS = [f"{i:02d}" for i in range(1, 9)]
 TEST_SUBJECTS = [f"{i:02d}" for i in range(9, 13)]
+ROWS = ["original", "com", "global", "registered", "antsaffine", "antssyn"]
 
 
 def oasis_dir(explicit: str | None = None) -> Path:
@@ -32,8 +37,8 @@ def t1w(data: Path, subject: str) -> Path:
     return data / f"sub-{subject}" / "anat" / f"sub-{subject}_T1w.nii.gz"
 
 
-def labels(data: Path, subject: str, desc: str = "DKT31aseg") -> Path:
-    return data / "derivatives" / "manual" / f"sub-{subject}" / "anat" / f"sub-{subject}_desc-{desc}_dseg.nii.gz"
+def labels(data: Path, subject: str, desc: str = "DKT31aseg", derivative: str = "manual") -> Path:
+    return data / "derivatives" / derivative / f"sub-{subject}" / "anat" / f"sub-{subject}_desc-{desc}_dseg.nii.gz"
 
 
 def cache_dir() -> Path:
@@ -67,3 +72,70 @@ def label_dice(moving_labels: Volume, fixed_labels: Volume, affine: np.ndarray, 
         moving_labels, fixed_labels.shape, fixed_labels.affine, affine, displacement, interpolation="nearest"
     )
     return dice(warped, fixed_labels)
+
+
+def cnn_pair(model, fixed_path, moving_path, fixed, fixed_labels, moving_labels, steps=(0, 0)) -> dict:
+    """Dice of original / com / global / registered (+ folding, SDlogJ, seconds) of one CNN pair."""
+    tick = time.perf_counter()
+    result = register(fixed_path, moving_path, model, global_instance_steps=steps[0], local_instance_steps=steps[1])
+    seconds = time.perf_counter() - tick
+    out = {
+        "original": {"dice": label_dice(moving_labels, fixed_labels, np.eye(4))},
+        "com": {"dice": label_dice(moving_labels, fixed_labels, result.com_affine)},
+        "global": {"dice": label_dice(moving_labels, fixed_labels, result.affine), "seconds": seconds},
+    }
+    det = world_jacobian_determinant(result.displacement, fixed.affine)
+    stats = jacobian_stats(det, fixed.data > 0)
+    out["registered"] = {
+        "dice": label_dice(moving_labels, fixed_labels, result.affine, result.displacement),
+        "seconds": seconds,
+        "folding_percent": stats["folding_percent"],
+        "sdlogj": stats["sdlogj"],
+    }
+    return out
+
+
+def ants_pair(kind: str, fixed_path, moving_path, moving_labels_path, fixed, fixed_labels) -> dict:
+    """Dice (+ folding, SDlogJ, seconds) of antspyx ``type_of_transform=kind`` on one pair."""
+    import ants
+
+    fixed_img = ants.image_read(str(fixed_path))
+    moving_img = ants.image_read(str(moving_path))
+    with tempfile.TemporaryDirectory() as tmp:
+        tick = time.perf_counter()
+        reg = ants.registration(fixed_img, moving_img, type_of_transform=kind, outprefix=f"{tmp}/r_")
+        seconds = time.perf_counter() - tick
+        warped = ants.apply_transforms(
+            fixed_img,
+            ants.image_read(str(moving_labels_path)),
+            reg["fwdtransforms"],
+            interpolator="nearestNeighbor",
+        )
+        out = {"dice": dice(warped.numpy().astype(np.int32), fixed_labels), "seconds": seconds}
+        warps = [t for t in reg["fwdtransforms"] if t.endswith(".nii.gz")]
+        if warps:
+            field, field_affine = read_displacement(warps[0])
+            stats = jacobian_stats(world_jacobian_determinant(field, field_affine), fixed.data > 0)
+            out.update(folding_percent=stats["folding_percent"], sdlogj=stats["sdlogj"])
+    return out
+
+
+def summary_table(pairs: dict) -> tuple[str, dict]:
+    """Markdown table and summary (mean, sd per row and measure) of per-pair results."""
+    summary, lines = {}, ["| | Dice mean ± sd | % folding | SDlogJ | s / pair |", "|---|---|---|---|---|"]
+    for row in ROWS:
+        values = [p[row] for p in pairs.values() if row in p]
+        if not values:
+            continue
+        stats = {}
+        for key in ("dice", "folding_percent", "sdlogj", "seconds"):
+            v = np.array([x[key] for x in values if key in x], dtype=float)
+            stats[key] = (float(v.mean()), float(v.std())) if len(v) else None
+        summary[row] = stats
+
+        def fmt(key, digits):
+            s = stats[key]
+            return "" if s is None else f"{s[0]:.{digits}f} ± {s[1]:.{digits}f}"
+
+        lines.append(f"| {row} | {fmt('dice', 3)} | {fmt('folding_percent', 3)} | {fmt('sdlogj', 3)} | {fmt('seconds', 1)} |")
+    return "\n".join(lines), summary

@@ -146,9 +146,15 @@ def test_a_checkpoint_that_is_not_bidsreg(capsys, dataset, out, tmp_path, kind):
     assert "this must never run" not in capsys.readouterr().out
 
 
-def test_no_model_says_how_to_train_one(capsys, dataset, out):
+def test_no_model_anywhere_says_how_to_train_one(capsys, dataset, out, monkeypatch, tmp_path):
+    monkeypatch.setattr("bidsreg.data.DEFAULT_MODEL", tmp_path / "not-shipped.pt")  # an install without weights
     code, line = _run(capsys, dataset, out, "--fixed", "sub-01")
-    assert code == exit_codes.INPUT_MISSING and "train" in line and _unchanged(out)
+    assert code == exit_codes.INPUT_MISSING and "train" in line and "--model" in line and _unchanged(out)
+
+
+def test_a_missing_model_file(capsys, dataset, out, tmp_path):
+    code, line = _run(capsys, dataset, out, "--fixed", "sub-01", "--model", str(tmp_path / "none.pt"))
+    assert code == exit_codes.INPUT_MISSING and "none.pt: --model file not found" in line and _unchanged(out)
 
 
 def test_an_output_dir_that_cannot_be_created(capsys, dataset, tmp_path, model):

@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--labels-desc", metavar="DESC", help="desc entity of those label maps")
     reg.add_argument("--masks", type=Path, metavar="DERIV_DIR", help="brain masks for T1w images that are not skull-stripped")
     reg.add_argument("--methods", type=_methods, default=["cnn"], metavar="LIST", help="comma-separated: " + ", ".join(METHODS) + ", or all")
-    reg.add_argument("--model", type=Path, metavar="CKPT", help="bidsreg checkpoint (default: the one train wrote in output_dir)")
+    reg.add_argument("--model", type=Path, metavar="CKPT", help="bidsreg checkpoint (default: the one train wrote in output_dir, else the default weights shipped with bidsreg)")
     reg.add_argument("--recipe", type=Path, metavar="PATH", help="TOML file of option values (see workflows/)")
 
     ants = parser.add_argument_group("ANTs baselines")

@@ -138,15 +138,50 @@ def _read_checkpoint(path: Path, fix: str = "") -> dict:
         raise InputError(f"{error}{fix}") from None
 
 
+def _is_demo(bids_dir: Path) -> bool:
+    """Whether ``bids_dir`` is a dataset written by ``bidsreg-demo-data``."""
+    from ..demo.dataset import GENERATOR
+
+    try:
+        description = json.loads((bids_dir / "dataset_description.json").read_text())
+    except (OSError, ValueError):
+        return False
+    generated = description.get("GeneratedBy") if isinstance(description, dict) else None
+    return isinstance(generated, list) and any(isinstance(g, dict) and g.get("Name") == GENERATOR for g in generated)
+
+
+def _shipped_model(args: argparse.Namespace) -> Path | None:
+    """The default weights shipped in the package, with a warning where they are not known to do
+    better than antspyx Affine (on real brains: the model card's OASIS figures)."""
+    from ..data import DEFAULT_MODEL, default_model_card
+
+    if not DEFAULT_MODEL.is_file():
+        return None
+    LOGGER.info("no --model and no trained model in %s: using the default weights shipped with bidsreg (%s), "
+                "trained on synthetic brains only", args.output_dir / "models", DEFAULT_MODEL.name)
+    real = default_model_card().get("Evaluation", {}).get("RealData", {})
+    if not _is_demo(args.bids_dir) and not real.get("BeatsANTsAffine", False):
+        LOGGER.warning(
+            "the shipped default weights do not beat antspyx Affine on real brains (%s: cnn Dice %s, antsaffine %s); "
+            "train a model on your data ('bidsreg %s %s train') for real use",
+            real.get("Dataset", "not measured"), real.get("cnn", "n/a"), real.get("antsaffine", "n/a"),
+            args.bids_dir, args.output_dir)
+    return DEFAULT_MODEL
+
+
 def _resolve_model(args: argparse.Namespace) -> Path:
-    path = args.model or args.output_dir / "models" / f"{MODEL_NAME}.pt"
+    """``--model``, else the checkpoint ``train`` wrote in output_dir, else the shipped weights."""
+    trained = args.output_dir / "models" / f"{MODEL_NAME}.pt"
+    path = args.model or trained
     if not path.is_file():
         if args.model:
             raise MissingInputError(f"{path}: --model file not found; give a checkpoint written by 'bidsreg ... train'")
-        raise MissingInputError(
-            f"{path}: no trained model (no --model, none in output_dir/models); train one with "
-            f"'bidsreg {args.bids_dir} {args.output_dir} train' or pass --model CKPT"
-        )
+        path = _shipped_model(args)
+        if path is None:
+            raise MissingInputError(
+                f"{trained}: no trained model (no --model, none in output_dir/models, no default weights in this "
+                f"installation); train one with 'bidsreg {args.bids_dir} {args.output_dir} train' or pass --model CKPT"
+            )
     if not _read_checkpoint(path)["training"].get("complete"):
         raise InputError(f"{path}: this training is unfinished; run the train level again to finish it")
     return path
@@ -289,7 +324,7 @@ def run_group_level(args: argparse.Namespace) -> int:
     from ..group.report import run_group
 
     report = run_group(args.output_dir)
-    LOGGER.info("group report: %s", report)
+    print(f"report: {report.resolve()}")
     return exit_codes.OK
 
 

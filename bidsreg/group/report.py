@@ -98,6 +98,16 @@ def _table(table: pd.DataFrame, digits: int = 3) -> str:
                          border=0, classes="table")
 
 
+def _model_text(name: str) -> str:
+    """How the methods text names the checkpoint: the shipped default weights are said to be so."""
+    from ..data import DEFAULT_MODEL
+
+    if name == DEFAULT_MODEL.name:
+        return (f"{name}, the default weights shipped with bidsreg, trained without labels on synthetic brains "
+                "made from the MNI152 template; see its model card")
+    return name
+
+
 def _boilerplate(output_dir: Path, subjects: pd.DataFrame, versions: dict) -> str:
     """A methods paragraph to cite, from what the sidecars say was run."""
     parameters = {}
@@ -115,7 +125,7 @@ def _boilerplate(output_dir: Path, subjects: pd.DataFrame, versions: dict) -> st
             "The CNN method is two-stage and unsupervised: a global network predicts an affine map trained to maximise "
             "the squared global normalised cross-correlation, applied in both directions and averaged (log-Euclidean) "
             "so that it is inverse-consistent; then a U-Net predicts a displacement field trained on local NCC over "
-            f"9×9×9 windows with a diffusion regulariser (model {parameters['cnn'].get('model', '')}). "
+            f"9×9×9 windows with a diffusion regulariser (model {_model_text(parameters['cnn'].get('model', ''))}). "
             "Its global stage alone is reported as cnnaffine."
         )
     for method, kind in (("antsaffine", "Affine"), ("antssyn", "SyN")):

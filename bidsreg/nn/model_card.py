@@ -20,7 +20,14 @@ def _smoothed(values: list[float], window: int = 50) -> np.ndarray:
     return np.convolve(data, np.ones(window) / window, mode="valid")
 
 
-def write_model_card(checkpoint: str | os.PathLike, payload: dict, dataset: str | os.PathLike, subjects: list[str]) -> Path:
+def write_model_card(
+    checkpoint: str | os.PathLike,
+    payload: dict,
+    dataset: str | os.PathLike,
+    subjects: list[str],
+    *,
+    extra: dict | None = None,
+) -> Path:
     """Write ``<checkpoint stem>.json`` and ``<checkpoint stem>_loss.png`` beside the checkpoint.
 
     Parameters
@@ -33,6 +40,8 @@ def write_model_card(checkpoint: str | os.PathLike, payload: dict, dataset: str 
         The BIDS dataset it was trained on.
     subjects : list of str
         The training subjects' labels.
+    extra : dict, optional
+        Entries added to the card (or replacing its own), e.g. ``Evaluation``.
 
     Returns
     -------
@@ -66,6 +75,7 @@ def write_model_card(checkpoint: str | os.PathLike, payload: dict, dataset: str 
         "Preprocessing": payload["preprocess"],
         "IntendedUse": "skull-stripped T1w brain MRI like the training images; check the group report's "
                        "overlaps against the ANTs baselines before relying on it",
+        **(extra or {}),
     }
     stem = checkpoint.with_suffix("")
     figure, axes = plt.subplots(1, len(history), figsize=(5 * len(history), 3.5), squeeze=False)
