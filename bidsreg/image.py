@@ -144,6 +144,7 @@ def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -
         (4, 4) voxel -> RAS+ world mm.
     """
     img = nb.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     with atomic_output(path) as tmp:
