@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="bidsreg-demo-data",
         description="Write a small BIDS dataset of synthetic T1w brains (the MNI152 template moved by random "
                     "affine and smooth nonlinear deformations, with intensity changes) and their "
-                    "Desikan-Killiany + aseg label maps in OUT/derivatives/labels (desc-DK).",
+                    "Desikan-Killiany + aseg label maps in OUT_DIR/derivatives/labels (desc-DK).",
     )
     parser.add_argument("out_dir", type=Path, help="folder of the dataset (created if missing)")
     parser.add_argument("--subjects", type=int, default=4, help="number of subjects, at least 2 (default: %(default)s)")
