@@ -50,7 +50,7 @@ def test_shipped_weights_are_the_default_and_warned_about_on_real_data(bids_data
     assert any("using the default weights shipped" in r.message for r in caplog.records)
 
 
-def test_a_trained_model_wins_over_the_shipped_one(bids_dataset, tmp_path, trained_model):
+def test_a_trained_model_wins_over_the_shipped_one(bids_dataset, tmp_path):
     models = tmp_path / "out" / "models"
     models.mkdir(parents=True)
     torch.save(torch.load(DEFAULT_MODEL, weights_only=True), models / "bidsreg_model.pt")
@@ -71,7 +71,7 @@ def demo(tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(demo, capsys):
+def test_demo_runs_end_to_end(demo):
     assert demo["codes"] == {"demo": exit_codes.OK, "participant": exit_codes.OK, "group": exit_codes.OK}
 
 
@@ -91,7 +91,7 @@ def test_demo_uses_the_shipped_weights_without_the_real_data_warning(demo):
 
 
 @pytest.mark.slow
-def test_demo_report_shows_figures_and_tables_in_a_browser(demo, tmp_path):
+def test_demo_report_shows_figures_and_tables_in_a_browser(demo):
     page = open_in_chromium(demo["out"] / "group" / "report.html")
     assert page.title == "bidsreg group report"
     assert len(page.images) >= 4
