@@ -45,6 +45,7 @@ from bidsreg.image import load_volume  # noqa: E402
 from bidsreg.nn.train import TrainConfig  # noqa: E402
 from bidsreg.registration import RegistrationModel  # noqa: E402
 
+
 def _cached(path: Path, compute) -> dict:
     """Per-pair results are cached so that an interrupted benchmark resumes where it stopped."""
     if path.is_file():
@@ -78,8 +79,9 @@ def main(argv=None) -> int:
     tag = args.tag or f"a{args.affine_steps}_d{args.deformable_steps}_{variant}"
     results = REPO / "benchmarks" / "results" / f"oasis_{tag}"
     pairs, cache = {}, cache_dir() / "oasis-results"
-    # CNN results depend on the library's code as well as on the checkpoint.
-    code = hashlib.sha1(checkpoint.read_bytes()+ b"".join(path.read_bytes() for path in sorted((REPO / "bidsreg").rglob("*.py")))).hexdigest()[:8]
+    # CNN results depend on the checkpoint's bytes and on the library's code.
+    library = b"".join(path.read_bytes() for path in sorted((REPO / "bidsreg").rglob("*.py")))
+    code = hashlib.sha1(checkpoint.read_bytes() + library).hexdigest()[:8]
     for fixed_id, moving_id in itertools.permutations(TEST_SUBJECTS, 2):
         fixed = load_volume(t1w(data, fixed_id))
         fixed_labels = load_volume(labels(data, fixed_id), labels=True)

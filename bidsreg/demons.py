@@ -68,13 +68,18 @@ def _demons_field(fixed_path: str, warped_moving: np.ndarray, config: DemonsConf
     demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
     demons.SetStandardDeviations(config.field_sigma)
     demons.SetSmoothDisplacementField(True)
+
+    def at_level(image, shrink: int):
+        """``image`` smoothed and shrunk by ``shrink`` (itself at 1)."""
+        return sitk.Shrink(sitk.SmoothingRecursiveGaussian(image, 0.5 * shrink), [shrink] * 3) if shrink > 1 else image
+
     field = None
     for shrink, iterations in zip(config.shrink_factors, config.iterations):
-        level_fixed = sitk.Shrink(sitk.SmoothingRecursiveGaussian(fixed, 0.5 * shrink), [shrink] * 3) if shrink > 1 else fixed
-        level_moving = sitk.Shrink(sitk.SmoothingRecursiveGaussian(moving, 0.5 * shrink), [shrink] * 3) if shrink > 1 else moving
-        start = sitk.Image(level_fixed.GetSize(), sitk.sitkVectorFloat64, 3)
-        start.CopyInformation(level_fixed)
-        if field is not None:
+        level_fixed, level_moving = at_level(fixed, shrink), at_level(moving, shrink)
+        if field is None:
+            start = sitk.Image(level_fixed.GetSize(), sitk.sitkVectorFloat64, 3)
+            start.CopyInformation(level_fixed)
+        else:  # the coarser level's field, upsampled
             start = sitk.Resample(field, level_fixed, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
         demons.SetNumberOfIterations(iterations)
         field = demons.Execute(level_fixed, level_moving, start)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..image import voxel_sizes
 from ..nn.layers import VecInt, identity_grid, sample
 from ..nn.train import random_affine
 from .atlas import Atlas
@@ -107,7 +108,8 @@ class SubjectParams:
 
 
 def _spacing(atlas: Atlas) -> float:
-    return float(np.sqrt((atlas.affine[:3, :3] ** 2).sum(axis=0)).mean())
+    """The atlas's (isotropic) voxel side in mm."""
+    return float(voxel_sizes(atlas.affine).mean())
 
 
 def _padded_grid(atlas: Atlas, margin: float) -> tuple[tuple[int, int, int], np.ndarray]:
