@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from .itk import read_affine, read_displacement
 
-__all__ = ["ANTS_TRANSFORMS", "BaselineResult", "ants_register"]
+__all__ = ["ANTS_TRANSFORMS", "BaselineResult", "ants_register", "config_parameters", "refine_affine"]
 
 #: bidsreg method name -> antspyx ``type_of_transform``.
 ANTS_TRANSFORMS = {"antsaffine": "Affine", "antssyn": "SyN"}
@@ -48,6 +49,11 @@ class BaselineResult:
     reference_affine: np.ndarray | None
     seconds: float
     parameters: dict = field(default_factory=dict)
+
+
+def config_parameters(config) -> dict:
+    """A method's config dataclass as JSON-ready sidecar parameters (tuples as lists)."""
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(config).items()}
 
 
 def ants_register(
@@ -115,3 +121,41 @@ def ants_register(
     }}
     return BaselineResult(affine, displacement, inverse_displacement, reference, seconds, parameters)
 
+
+
+def refine_affine(
+    fixed: str | os.PathLike,
+    moving: str | os.PathLike,
+    estimate: Callable[[str, np.ndarray, str], None],
+    *,
+    affine_iterations: tuple[int, ...] | None = None,
+    seed: int = 0,
+    threads: int = 1,
+) -> BaselineResult:
+    """antspyx Affine (the ``antsaffine`` baseline), then a deformable refinement.
+
+    The moving image is resampled onto the fixed grid through the affine and handed to
+    ``estimate(fixed_path, warped_moving, warp_path)``, which writes the displacement field
+    (fixed grid points -> points of the warped moving image) as an ITK NIfTI warp; it is read
+    back in RAS+ mm and inverted, so that a fixed point ``x`` maps to
+    ``affine @ (x + displacement(x))``.
+
+    Returns
+    -------
+    BaselineResult
+        Seconds of both stages; ``parameters`` holds the affine stage's (``affine_start``).
+    """
+    from .image import load_volume
+    from .transforms import apply_transform, invert_displacement
+
+    start = ants_register(fixed, moving, "antsaffine", affine_iterations=affine_iterations, seed=seed, threads=threads)
+    fixed_volume, moving_volume = load_volume(fixed), load_volume(moving)
+    tick = time.perf_counter()
+    warped = apply_transform(moving_volume, fixed_volume.shape, fixed_volume.affine, start.affine)
+    with tempfile.TemporaryDirectory(prefix="bidsreg-refine-") as tmp:
+        warp = os.path.join(tmp, "warp.nii.gz")
+        estimate(str(fixed), warped, warp)
+        displacement, reference = read_displacement(warp)
+    inverse = invert_displacement(displacement, reference)
+    seconds = start.seconds + time.perf_counter() - tick
+    return BaselineResult(start.affine, displacement, inverse, reference, seconds, {"affine_start": start.parameters})

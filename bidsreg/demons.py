@@ -11,16 +11,13 @@ other method: a fixed point ``x`` maps to ``affine @ (x + displacement(x))``.
 from __future__ import annotations
 
 import os
-import tempfile
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
-from .baselines import BaselineResult, ants_register
-from .image import load_volume
-from .itk import read_displacement
-from .transforms import apply_transform, invert_displacement
+from .baselines import BaselineResult, config_parameters, refine_affine
+from .itk import sitk_pair
 
 __all__ = ["DemonsConfig", "demons_register"]
 
@@ -40,6 +37,8 @@ class DemonsConfig:
         after each iteration (the regulariser).
     histogram_levels, match_points : int
         Histogram matching of the moving image to the fixed one (0 levels: off).
+    affine_iterations : tuple of int or None
+        Iterations per level of the antspyx Affine start (None: antspyx's defaults).
     """
 
     shrink_factors: tuple[int, ...] = (4, 2, 1)
@@ -47,6 +46,7 @@ class DemonsConfig:
     field_sigma: float = 1.5
     histogram_levels: int = 256
     match_points: int = 15
+    affine_iterations: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.shrink_factors) != len(self.iterations) or not self.iterations:
@@ -55,14 +55,12 @@ class DemonsConfig:
             raise ValueError("shrink factors must be >= 1, iterations >= 0 and field_sigma > 0")
 
 
-def _demons_field(fixed_path: str, warped_moving: np.ndarray, config: DemonsConfig, warp_path: str) -> None:
+def _demons_field(fixed_path: str, warped_moving: np.ndarray, warp_path: str, config: DemonsConfig) -> None:
     """Run the multi-resolution Demons between the fixed image and the affinely warped moving
     image (on the fixed grid) and write the field as an ITK NIfTI warp to ``warp_path``."""
     import SimpleITK as sitk
 
-    fixed = sitk.Cast(sitk.ReadImage(fixed_path), sitk.sitkFloat32)
-    moving = sitk.GetImageFromArray(np.ascontiguousarray(warped_moving.transpose(2, 1, 0), dtype=np.float32))
-    moving.CopyInformation(fixed)
+    fixed, moving = sitk_pair(fixed_path, warped_moving)
     if config.histogram_levels:
         moving = sitk.HistogramMatching(moving, fixed, config.histogram_levels, config.match_points, True)
     demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
@@ -71,7 +69,10 @@ def _demons_field(fixed_path: str, warped_moving: np.ndarray, config: DemonsConf
 
     def at_level(image, shrink: int):
         """``image`` smoothed and shrunk by ``shrink`` (itself at 1)."""
-        return sitk.Shrink(sitk.SmoothingRecursiveGaussian(image, 0.5 * shrink), [shrink] * 3) if shrink > 1 else image
+        if shrink == 1:
+            return image
+        sigma = [0.5 * shrink * spacing for spacing in image.GetSpacing()]  # mm: half a coarse voxel
+        return sitk.Shrink(sitk.SmoothingRecursiveGaussian(image, sigma), [shrink] * 3)
 
     field = None
     for shrink, iterations in zip(config.shrink_factors, config.iterations):
@@ -115,17 +116,7 @@ def demons_register(
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    start = ants_register(fixed, moving, "antsaffine", seed=seed, threads=threads)
-    fixed_volume, moving_volume = load_volume(fixed), load_volume(moving)
-    tick = time.perf_counter()
-    warped = apply_transform(moving_volume, fixed_volume.shape, fixed_volume.affine, start.affine)
-    with tempfile.TemporaryDirectory(prefix="bidsreg-demons-") as tmp:
-        warp = os.path.join(tmp, "demons_warp.nii.gz")
-        _demons_field(str(fixed), warped, config, warp)
-        displacement, reference = read_displacement(warp)
-    inverse = invert_displacement(displacement, reference)
-    seconds = start.seconds + time.perf_counter() - tick
-    parameters = {"simpleitk": sitk.Version.VersionString(), "filter": "FastSymmetricForcesDemonsRegistrationFilter",
-                  "affine_start": start.parameters, **{key: list(value) if isinstance(value, tuple) else value
-                                                        for key, value in asdict(config).items()}}
-    return BaselineResult(start.affine, displacement, inverse, reference, seconds, parameters)
+    result = refine_affine(fixed, moving, partial(_demons_field, config=config), affine_iterations=config.affine_iterations, seed=seed,
+                           threads=threads)
+    result.parameters.update({"simpleitk": sitk.Version.VersionString(), "filter": "FastSymmetricForcesDemonsRegistrationFilter", **config_parameters(config)})
+    return result

@@ -37,6 +37,7 @@ import SimpleITK as sitk
 from .atomic import atomic_output
 
 __all__ = [
+    "sitk_pair",
     "ras_to_lps_affine",
     "lps_to_ras_affine",
     "ras_to_lps_vectors",
@@ -242,6 +243,15 @@ def read_displacement(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     displacement = np.asarray(img.dataobj, dtype=np.float32)[..., 0, :]
     displacement[..., :2] *= -1.0
     return displacement, np.asarray(img.affine, dtype=np.float64)
+
+
+def sitk_pair(fixed_path: str | os.PathLike, moving_on_fixed_grid: np.ndarray) -> tuple[sitk.Image, sitk.Image]:
+    """The fixed image and an (X, Y, Z) array on its grid as float32 SimpleITK images of the
+    same geometry (SimpleITK arrays are (Z, Y, X))."""
+    fixed = sitk.Cast(sitk.ReadImage(str(fixed_path)), sitk.sitkFloat32)
+    moving = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(moving_on_fixed_grid, (2, 1, 0)), dtype=np.float32))
+    moving.CopyInformation(fixed)
+    return fixed, moving
 
 
 def write_composite(

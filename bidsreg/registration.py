@@ -50,7 +50,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 @dataclass
 class RegistrationModel:
-    """Both trained networks with the preprocessing they were trained with."""
+    """Both trained networks with the preprocessing they were trained with.
+
+    ``global_stage`` is False for a one-stage model (``voxelmorph``): its local network was
+    trained alone on centre-of-mass aligned pairs, and :func:`register` starts it from that
+    alignment instead of the (untrained) global network.
+    """
 
     affine_net: AffineNet
     deformable_net: DeformableNet
@@ -59,6 +64,7 @@ class RegistrationModel:
     window: int = 9
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     source: str = ""
+    global_stage: bool = True
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto") -> "RegistrationModel":
@@ -75,6 +81,7 @@ class RegistrationModel:
             window=int(training["window"]),
             device=dev,
             source=str(path),
+            global_stage=bool(training["config"].get("global_stage", True)),  # absent before one-stage models
         )
 
 
@@ -334,6 +341,8 @@ def _global_stage(
     """The global stage (or the one given as ``affine``), checked for overlap; also returns the
     moving image on the network grid after it."""
     tick = time.perf_counter()
+    if affine is None and not model.global_stage:
+        affine = translation(moving.centre - fixed.centre)
     if affine is None:
         stage = symmetric_world_map(model.affine_net, fixed, moving, model.preprocess, steps)
     else:
@@ -361,6 +370,8 @@ def register_global(
     """
     if global_instance_steps < 0:
         raise ValueError(f"global_instance_steps must be >= 0, got {global_instance_steps}")
+    if not model.global_stage:
+        raise ValueError(f"{model.source}: a one-stage model has no trained global stage; use register()")
     seconds: dict = {}
     fixed_vol, moving_vol, fixed_img, moving_img = _prepare_pair(fixed, moving, model, seconds)
     stage, _ = _global_stage(model, fixed_img, moving_img, moving_vol, None, global_instance_steps, seconds)
@@ -396,7 +407,8 @@ def register(
     model : RegistrationModel
     affine : numpy.ndarray, optional
         (4, 4) world map fixed -> moving of a global stage run earlier
-        (:func:`register_global`); the local stage starts from it. Default: run the global stage.
+        (:func:`register_global`); the local stage starts from it. Default: run the global stage
+        (a one-stage model: the centre-of-mass alignment).
     inverse : bool
         Also compute the inverse displacement field (fixed -> moving direction of warping).
     global_instance_steps : int

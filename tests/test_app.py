@@ -1,5 +1,5 @@
-"""The BIDS-App end to end on the phantom BIDS dataset: train (a few steps), participant with
-cnn + antsaffine + antssyn (few ANTs iterations), group; and every bad input's exit code."""
+"""The BIDS-App end to end on the phantom BIDS dataset: train both networks (a few steps),
+participant with every method (few iterations of the classical ones), group."""
 from __future__ import annotations
 
 import json
@@ -20,20 +20,23 @@ from bidsreg.metrics import OVERLAP_COLUMNS
 pytestmark = pytest.mark.slow
 
 SUBJECTS = ("02", "03")  # sub-01 is the fixed image
-METHODS = ("cnnaffine", "cnn", "antsaffine", "antssyn")
-ANTS_QUICK = ["--ants-affine-iterations", "100", "50", "0", "--ants-syn-iterations", "20", "10", "0"]
+METHODS = ("cnnaffine", "cnn", "antsaffine", "bspline", "demons", "antssyn", "voxelmorph")
+QUICK = ["--ants-affine-iterations", "100", "50", "0", "--ants-syn-iterations", "20", "10", "0",
+         "--demons-shrink-factors", "2", "1", "--demons-iterations", "30", "15",
+         "--bspline-shrink-factors", "2", "1", "--bspline-iterations", "200", "200", "--bspline-grid-spacing", "24"]
 
 
 def _participant(bids: Path, out: Path, *extra: str) -> int:
     return main([str(bids), str(out), "participant", "--fixed", "sub-01", "--labels", str(bids / "derivatives/manual"),
-                 "--labels-desc", "phantom", "--skip-bids-validation", *ANTS_QUICK, *extra])
+                 "--labels-desc", "phantom", "--skip-bids-validation", *QUICK, *extra])
 
 
 @pytest.fixture(scope="module")
 def app(bids_dataset, tmp_path_factory) -> dict:
     """Train, participant (all methods) and group on the phantom dataset, once."""
     out = tmp_path_factory.mktemp("app") / "derivatives"
-    codes = {"train": main([str(bids_dataset), str(out), "train", "--affine-steps", "4", "--deformable-steps", "4"])}
+    codes = {"train": main([str(bids_dataset), str(out), "train", "--methods", "all", "--affine-steps", "4",
+                            "--deformable-steps", "4"])}
     codes["participant"] = _participant(bids_dataset, out, "--methods", "all", "--nprocs", "2")
     codes["group"] = main([str(bids_dataset), str(out), "group"])
     return {"bids": bids_dataset, "out": out, "codes": codes}
@@ -51,6 +54,15 @@ def test_train_writes_checkpoint_and_model_card(app):
     assert card["TrainingData"]["Subjects"] == ["sub-01", "sub-02", "sub-03"] and card["Training"]["Steps"] == 8
     assert card["Config"]["affine_steps"] == 4 and card["LossCurve"] == "bidsreg_model_loss.png"
     assert (models / "bidsreg_model_loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_all_also_writes_the_one_stage_model(app):
+    models = app["out"] / "models"
+    payload = torch.load(models / "bidsreg_voxelmorph.pt", weights_only=True)
+    config = payload["training"]["config"]
+    assert payload["training"]["complete"] and config["global_stage"] is False and config["affine_steps"] == 0
+    assert payload["training"]["steps"] == 4 and len(payload["training"]["history"]["affine"]) == 0
+    assert "one-stage" in json.loads((models / "bidsreg_voxelmorph.json").read_text())["Method"]
 
 
 def test_derivatives_dataset_description(app):
@@ -132,13 +144,14 @@ def test_group_tables_and_report(app):
     labels = pd.read_csv(group / "labels.tsv", sep="\t")
     assert len(labels) == 10 and {"name", "cnn", "antssyn"} <= set(labels.columns)
     tests = pd.read_csv(group / "wilcoxon.tsv", sep="\t", na_values="n/a")
-    assert len(tests) == 10 and set(tests["n"]) == {2}
+    assert len(tests) == len(METHODS) * (len(METHODS) + 1) // 2 and set(tests["n"]) == {2}
     qc = pd.read_csv(group / "qc.tsv", sep="\t", na_values="n/a")
     assert len(qc) == len(subjects) and "qc" in qc
     report = (group / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 4  # boxplots and an overlay per subject
     assert "http://" not in report and "https://" not in report  # opens offline: nothing to fetch
-    for words in ("original / global / registered", "Wilcoxon", "Methods", "antspyx", "QC flags"):
+    for words in ("original / global / registered", "Wilcoxon", "Methods", "antspyx", "QC flags", "elastix",
+                  "FastSymmetricForcesDemons", "one-stage"):
         assert words in report
     assert (group / "figures" / "sub-02_desc-cnn_overlay.png").is_file()
 
@@ -147,7 +160,7 @@ def test_rerun_redoes_only_what_is_missing(app, capsys):
     out = app["out"]
     lost = out / "sub-02/anat/sub-02_space-sub01_desc-antssyn_T1w.nii.gz"
     kept = out / "sub-03/anat/sub-03_from-T1w_to-sub01_desc-cnn_mode-image_xfm.h5"
-    result = out / "work/bidsreg_wf/sub_02_wf/ants_antssyn/result_ants_antssyn.pklz"
+    result = out / "work/bidsreg_wf/sub_02_wf/register_antssyn/result_register_antssyn.pklz"
     before = kept.read_bytes(), result.stat().st_mtime_ns
     lost.unlink()
     assert _participant(app["bids"], out, "--methods", "all", "--plugin", "Linear") == 0
@@ -157,7 +170,7 @@ def test_rerun_redoes_only_what_is_missing(app, capsys):
     assert "sub-02 antssyn: registered in" in log and "sub-03 cnn: mean Dice" in log and "summary" in log
 
 
-@pytest.mark.parametrize("method", ["cnn", "antssyn"])
+@pytest.mark.parametrize("method", ["cnn", "antssyn", "bspline", "demons", "voxelmorph"])
 def test_inverse_transform_brings_fixed_labels_into_the_subject(app, method):
     from bidsreg.image import load_volume
     from bidsreg.itk import read_composite

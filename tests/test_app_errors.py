@@ -120,8 +120,8 @@ def test_unreadable_or_bad_nifti(capsys, dataset, out, model, kind):
 
 def test_unknown_method_and_unknown_level(capsys, dataset, out):
     with pytest.raises(SystemExit) as info:
-        main([str(dataset), str(out), "participant", "--methods", "cnn,voxelmorph"])
-    assert info.value.code == exit_codes.USAGE and "voxelmorph" in capsys.readouterr().err
+        main([str(dataset), str(out), "participant", "--methods", "cnn,elastic"])
+    assert info.value.code == exit_codes.USAGE and "elastic" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         main([str(dataset), str(out), "subject"])
     assert info.value.code == exit_codes.UNKNOWN_LEVEL and _unchanged(out)
@@ -174,3 +174,33 @@ def test_a_fixed_file_whose_name_makes_no_space_label(capsys, dataset, out, mode
     shutil.copyfile(dataset / "sub-01/anat/sub-01_T1w.nii.gz", odd)
     code, line = _run(capsys, dataset, out, "--fixed", str(odd), "--model", str(model))
     assert code == exit_codes.BAD_INPUT and "rename it" in line and _unchanged(out)
+
+
+def test_voxelmorph_without_a_one_stage_model(capsys, dataset, out):
+    code, line = _run(capsys, dataset, out, "--fixed", "sub-01", "--methods", "all")
+    assert code == exit_codes.INPUT_MISSING and "bidsreg_voxelmorph.pt" in line and _unchanged(out)
+    assert "train --methods voxelmorph" in line
+
+
+def test_a_checkpoint_of_the_other_kind(capsys, dataset, out, model):
+    code, line = _run(capsys, dataset, out, "--fixed", "sub-01", "--methods", "voxelmorph",
+                      "--voxelmorph-model", str(model))
+    assert code == exit_codes.BAD_INPUT and str(model) in line and "two-stage" in line and _unchanged(out)
+
+
+def test_bspline_without_elastix(capsys, dataset, out, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    code, line = _run(capsys, dataset, out, "--fixed", "sub-01", "--methods", "bspline")
+    assert code == exit_codes.INPUT_MISSING and "apt-get install elastix" in line and _unchanged(out)
+
+
+@pytest.mark.parametrize("options", [["--demons-shrink-factors", "2", "1"], ["--bspline-iterations", "0", "0", "0"]])
+def test_method_parameters_that_make_no_configuration(capsys, dataset, out, options):
+    with pytest.raises(SystemExit) as info:
+        main([str(dataset), str(out), "participant", "--methods", "demons,bspline", *options])
+    assert info.value.code == exit_codes.USAGE and "method parameters" in capsys.readouterr().err and _unchanged(out)
+
+
+def test_train_needs_a_network_method(capsys, dataset, out):
+    code, line = _run(capsys, dataset, out, "--methods", "antssyn", level="train")
+    assert code == exit_codes.BAD_INPUT and "cnn and/or voxelmorph" in line and _unchanged(out)

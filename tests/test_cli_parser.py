@@ -100,7 +100,7 @@ def test_recipe_values_and_command_line_override(dirs, tmp_path):
     [
         ("nprocs = \n", exit_codes.USAGE, "not a valid TOML"),
         ("nproc = 2\n", exit_codes.USAGE, "unknown option 'nproc'"),
-        ('methods = "cnn,demons"\n', exit_codes.USAGE, "demons"),
+        ('methods = "cnn,elastic"\n', exit_codes.USAGE, "elastic"),
         ('plugin = "Local"\n', exit_codes.USAGE, "invalid choice"),
     ],
 )

@@ -7,10 +7,13 @@ from pathlib import Path
 import pytest
 
 from bidsreg.bids.layout import FixedImage
+from bidsreg.methods import METHODS, REPORTED, TABLE
 from bidsreg.workflows.participant import RunSettings, init_participant_wf, workflow_name
 
-ALL = ("cnn", "antsaffine", "antssyn")
-COMBINATIONS = [c for n in range(1, 4) for c in itertools.combinations(ALL, n)]
+ALL = METHODS
+COMBINATIONS = [c for n in (1, 2, len(ALL)) for c in itertools.combinations(ALL, n)]
+#: The registration node of each reported method.
+SOURCE = {"cnn": "cnn_local", "cnnaffine": "cnn_global", **{m: f"register_{m}" for m in ALL if m != "cnn"}}
 
 
 @pytest.fixture()
@@ -28,7 +31,9 @@ def files(bids_dataset) -> dict:
 def _build(files, methods, labels=True, tmp_path=Path("/tmp")):
     return init_participant_wf(
         t1w=files["t1w"], entities={"subject": "02", "datatype": "anat"}, fixed=files["fixed"],
-        settings=RunSettings(methods=methods, model=files["model"], seg="phantom"), output_dir=tmp_path,
+        settings=RunSettings(methods=methods, models={m: files["model"] for m in methods if m in TABLE and TABLE[m].model},
+                             parameters={"demons": {"iterations": [5, 5, 5]}}, seg="phantom"),
+        output_dir=tmp_path,
         labels=files["labels"] if labels else None,
     )
 
@@ -38,34 +43,39 @@ def _build(files, methods, labels=True, tmp_path=Path("/tmp")):
 def test_one_branch_per_method_feeding_the_same_evaluation(files, methods, labels, tmp_path):
     workflow = _build(files, methods, labels, tmp_path)
     names = set(workflow.list_node_names())
-    branches = [m for m in ("cnnaffine", "cnn", "antsaffine", "antssyn") if m in methods or (m == "cnnaffine" and "cnn" in methods)]
+    branches = [m for m in REPORTED if m in methods or (m == "cnnaffine" and "cnn" in methods)]
     for method in branches:
         evaluate = {f"evaluate_{method}_wf.{n}" for n in ("warp_t1w", "ds_t1w", "ds_forward", "ds_inverse")}
         assert evaluate <= names
-        assert (f"evaluate_{method}_wf.jacobian" in names) == (method in ("cnn", "antssyn"))
+        assert (f"evaluate_{method}_wf.jacobian" in names) == (method not in ("cnnaffine", "antsaffine"))
         assert (f"evaluate_{method}_wf.overlap" in names) == labels
-    assert ({"cnn_global", "cnn_local"} <= names) == ("cnn" in methods)
-    for method in ("antsaffine", "antssyn"):
-        assert (f"ants_{method}" in names) == (method in methods)
+    for method in ALL:
+        assert (SOURCE[method] in names) == (method in methods)
     assert ("evaluate_original_wf.overlap" in names) == labels
     assert not any(n.startswith("evaluate_") and n.split(".")[0][9:-3] not in [*branches, "original"] for n in names)
     # Each branch's transforms go to its own evaluation, through ITK files.
     graph = workflow._create_flat_graph()
     edges = {(u.fullname, v.fullname): d["connect"] for u, v, d in graph.edges(data=True)}
-    source = {"cnn": "cnn_local", "cnnaffine": "cnn_global", "antsaffine": "ants_antsaffine", "antssyn": "ants_antssyn"}
     for method in branches:
-        key = (f"{workflow.name}.{source[method]}", f"{workflow.name}.evaluate_{method}_wf.inputnode")
+        key = (f"{workflow.name}.{SOURCE[method]}", f"{workflow.name}.evaluate_{method}_wf.inputnode")
         assert ("forward_transform", "forward_transform") in edges[key]
         inner = (f"{workflow.name}.evaluate_{method}_wf.inputnode", f"{workflow.name}.evaluate_{method}_wf.warp_t1w")
         assert ("forward_transform", "transform") in edges[inner]
 
 
-def test_cnn_needs_a_model_and_methods_are_checked(files, tmp_path):
-    with pytest.raises(ValueError, match="needs a model"):
+def test_parameters_reach_their_method_only(files, tmp_path):
+    workflow = _build(files, ("demons", "antssyn"), tmp_path=tmp_path)
+    assert workflow.get_node("register_demons").inputs.parameters == {"iterations": [5, 5, 5]}
+    assert workflow.get_node("register_antssyn").inputs.parameters == {}
+
+
+@pytest.mark.parametrize("method", ["cnn", "voxelmorph"])
+def test_networks_need_a_model_and_methods_are_checked(files, method, tmp_path):
+    with pytest.raises(ValueError, match="need a model"):
         init_participant_wf(t1w=files["t1w"], entities={"subject": "02"}, fixed=files["fixed"],
-                            settings=RunSettings(methods=("cnn",)), output_dir=tmp_path)
+                            settings=RunSettings(methods=(method,)), output_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown method"):
-        _build(files, ("voxelmorph",), tmp_path=tmp_path)
+        _build(files, ("elastic",), tmp_path=tmp_path)
 
 
 def test_workflow_names_have_no_dashes():
@@ -75,12 +85,12 @@ def test_workflow_names_have_no_dashes():
 def test_a_brain_mask_extracts_the_brain_before_every_method(files, bids_dataset, tmp_path):
     workflow = init_participant_wf(
         t1w=files["t1w"], entities={"subject": "02"}, fixed=files["fixed"],
-        settings=RunSettings(methods=ALL, model=files["model"]), output_dir=tmp_path,
-        mask=files["labels"], skull_stripped=False,
+        settings=RunSettings(methods=ALL, models={"cnn": files["model"], "voxelmorph": files["model"]}),
+        output_dir=tmp_path, mask=files["labels"], skull_stripped=False,
     )
     graph = workflow._create_flat_graph()
     fed = {v.name for u, v in graph.edges() if u.name == "mask_t1w"}
-    assert {"cnn_global", "cnn_local", "ants_antsaffine", "ants_antssyn", "inputnode"} <= fed
+    assert {*SOURCE.values(), "inputnode"} <= fed
 
 
 def test_mask_image_interface(bids_dataset, tmp_path, monkeypatch):

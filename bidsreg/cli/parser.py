@@ -17,8 +17,8 @@ from typing import NoReturn, Sequence
 
 from .. import __version__
 from .. import exit_codes
+from ..methods import METHODS, OPTIONS, method_parameters
 from ..nn.train import TrainConfig
-from ..workflows import METHODS
 
 __all__ = ["ANALYSIS_LEVELS", "METHODS", "build_parser", "parse_args"]
 
@@ -97,6 +97,13 @@ def _at_least(minimum: int):
 _positive, _non_negative = _at_least(1), _at_least(0)
 
 
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return number
+
+
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a default only where it says something (not None, False or empty) and the help
     does not state it already."""
@@ -134,15 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--labels", type=Path, metavar="DERIV_DIR", help="derivatives dataset holding _dseg label maps")
     reg.add_argument("--labels-desc", metavar="DESC", help="desc entity of those label maps")
     reg.add_argument("--masks", type=Path, metavar="DERIV_DIR", help="brain masks for T1w images that are not skull-stripped")
-    reg.add_argument("--methods", type=_methods, default=["cnn"], metavar="LIST", help="comma-separated: " + ", ".join(METHODS) + ", or all")
-    reg.add_argument("--model", type=Path, metavar="CKPT", help="bidsreg checkpoint (default: the one train wrote in output_dir, else the default weights shipped with bidsreg)")
+    reg.add_argument("--methods", type=_methods, default=["cnn"], metavar="LIST",
+                     help="comma-separated: " + ", ".join(METHODS) + ", or all (train level: the networks to train, "
+                          "cnn and/or voxelmorph)")
+    reg.add_argument("--model", type=Path, metavar="CKPT", help="bidsreg checkpoint of the two-stage cnn (default: the one train wrote in output_dir, else the default weights shipped with bidsreg)")
+    reg.add_argument("--voxelmorph-model", type=Path, metavar="CKPT", help="one-stage checkpoint of voxelmorph (default: the one 'train --methods voxelmorph' wrote in output_dir)")
     reg.add_argument("--recipe", type=Path, metavar="PATH", help="TOML file of option values (see workflows/)")
 
-    ants = parser.add_argument_group("ANTs baselines")
-    ants.add_argument("--ants-affine-iterations", nargs="+", type=_non_negative, metavar="N",
-                      help="iterations per level of the affine stage, coarse to fine (default: antspyx's 2100 1200 1200 10)")
-    ants.add_argument("--ants-syn-iterations", nargs="+", type=_non_negative, metavar="N",
-                      help="iterations per level of SyN, coarse to fine (default: antspyx's 40 20 0)")
+    baselines = parser.add_argument_group("parameters of the classical methods (default: see the README)")
+    for option in OPTIONS:
+        numbers = _non_negative if option.type is int else _positive_float
+        baselines.add_argument(option.flag, nargs="+" if option.many else None, type=numbers,
+                               metavar="N" if option.type is int else "X",
+                               help=f"{option.help} [{', '.join(option.methods)}]")
 
     training = parser.add_argument_group("training (train level)")
     training.add_argument("--affine-steps", type=_positive, default=TrainConfig.affine_steps, metavar="N",
@@ -196,7 +207,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line (and a ``--recipe``); exits with 64 or 17 on usage errors.
 
     Paths are made absolute. Refuses an output or work folder that is the BIDS folder or
-    inside it (64).
+    inside it (64), and method parameters that make no valid configuration (64). Adds
+    ``parameters``: per selected method, the parameters given (:func:`bidsreg.methods.method_parameters`).
     """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -207,7 +219,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.parse_args([str(args.bids_dir), str(args.output_dir), args.analysis_level, *words])
         parser.context = ""
         args = parser.parse_args(words + argv)  # the command line comes last and wins
-    for name in ("bids_dir", "output_dir", "work_dir", "bids_filter_file", "fixed_labels", "labels", "masks", "model", "recipe"):
+    for name in ("bids_dir", "output_dir", "work_dir", "bids_filter_file", "fixed_labels", "labels", "masks", "model",
+                 "voxelmorph_model", "recipe"):
         value = getattr(args, name)
         if value is not None:
             setattr(args, name, value.expanduser().resolve())
@@ -218,4 +231,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"{name.replace('_', ' ')} {folder} is the BIDS folder or inside it; choose a folder outside {bids_dir}")
     if args.fixed_labels is not None and (args.fixed is None or args.fixed.startswith("sub-")):
         parser.error("--fixed-labels goes with a --fixed NIfTI path; a fixed subject's labels come from --labels")
+    given = {option.flag: getattr(args, option.flag[2:].replace("-", "_")) for option in OPTIONS}
+    try:
+        args.parameters = method_parameters(given, args.methods)
+    except ValueError as error:
+        parser.error(f"method parameters: {error}")
     return args

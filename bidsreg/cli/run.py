@@ -24,9 +24,8 @@ from .parser import parse_args
 __all__ = ["main"]
 
 LOGGER = logging.getLogger("bidsreg")
-MODEL_NAME = "bidsreg_model"
-#: Names of the registration nodes of the participant workflow (progress lines).
-_REGISTRATIONS = ("cnn_global", "cnn_local", "ants_antsaffine", "ants_antssyn")
+#: File names (in output_dir/models) of the checkpoint each network method trains.
+MODEL_NAMES = {"cnn": "bidsreg_model", "voxelmorph": "bidsreg_voxelmorph"}
 #: Entries of the derivatives dataset's .bidsignore: what is not BIDS in it.
 BIDSIGNORE = ("/work", "/models", "/group", "*_xfm.h5", "*_xfm.json", "*_overlap.tsv", "*_overlap.json",
               "*_jacobian.nii.gz", "*_jacobian.json")
@@ -169,32 +168,55 @@ def _shipped_model(args: argparse.Namespace) -> Path | None:
     return DEFAULT_MODEL
 
 
-def _resolve_model(args: argparse.Namespace) -> Path:
-    """``--model``, else the checkpoint ``train`` wrote in output_dir, else the shipped weights."""
-    trained = args.output_dir / "models" / f"{MODEL_NAME}.pt"
-    path = args.model or trained
-    if not path.is_file():
-        if args.model:
-            raise MissingInputError(f"{path}: --model file not found; give a checkpoint written by 'bidsreg ... train'")
-        path = _shipped_model(args)
-        if path is None:
-            raise MissingInputError(
-                f"{trained}: no trained model (no --model, none in output_dir/models, no default weights in this "
-                f"installation); train one with 'bidsreg {args.bids_dir} {args.output_dir} train' or pass --model CKPT"
-            )
-    if not _read_checkpoint(path)["training"].get("complete"):
+def _check_model(path: Path, method: str) -> Path:
+    """A finished checkpoint of the kind ``method`` needs (65 otherwise)."""
+    from ..methods import TABLE
+
+    training = _read_checkpoint(path)["training"]
+    if not training.get("complete"):
         raise InputError(f"{path}: this training is unfinished; run the train level again to finish it")
+    one_stage = not training["config"].get("global_stage", True)
+    if one_stage != (TABLE[method].model == "one-stage"):
+        kind = "one-stage (voxelmorph)" if one_stage else "two-stage (cnn)"
+        raise InputError(f"{path}: a {kind} checkpoint cannot run the {method} method; give the model trained with "
+                         f"'train --methods {method}'")
     return path
 
 
+def _resolve_model(args: argparse.Namespace, method: str = "cnn") -> Path:
+    """The checkpoint of a network method: its option (``--model``, ``--voxelmorph-model``), else
+    the one ``train`` wrote in output_dir, else (cnn only) the shipped weights."""
+    trained = args.output_dir / "models" / f"{MODEL_NAMES[method]}.pt"
+    given = args.model if method == "cnn" else args.voxelmorph_model
+    path = given or trained
+    if not path.is_file():
+        option = "--model" if method == "cnn" else "--voxelmorph-model"
+        if given:
+            raise MissingInputError(f"{path}: {option} file not found; give a checkpoint written by 'bidsreg ... train'")
+        path = _shipped_model(args) if method == "cnn" else None
+        if path is None:
+            raise MissingInputError(
+                f"{trained}: no trained {method} model (no {option}, none in output_dir/models"
+                + (", no default weights in this installation" if method == "cnn" else "")
+                + f"); train one with 'bidsreg {args.bids_dir} {args.output_dir} train --methods {method}' "
+                f"or pass {option} CKPT"
+            )
+    return _check_model(path, method)
+
+
 def run_train(args: argparse.Namespace) -> int:
-    """Train both stages on the selected subjects' T1w images; write the model and its card."""
+    """Train the selected networks (``--methods``: cnn, voxelmorph) on the selected subjects' T1w
+    images; write each model and its card in output_dir/models."""
     import torch
 
     from ..bids.layout import collect_t1w, select_subjects
-    from ..nn.train import TrainConfig, train
     from ..nn.model_card import write_model_card
+    from ..nn.train import TrainConfig, train
 
+    networks = [method for method in args.methods if method in MODEL_NAMES]
+    if not networks:
+        raise InputError(f"the train level trains the networks; --methods {','.join(args.methods)} names none: "
+                         f"choose {' and/or '.join(MODEL_NAMES)}")
     layout, _, _, filters = _layouts(args)
     subjects = select_subjects(layout, args.participant_label)
     images = [item.path for s in subjects for item in collect_t1w(layout, s, sessions=args.session_label, filters=filters)]
@@ -204,39 +226,45 @@ def run_train(args: argparse.Namespace) -> int:
     for path in images:
         _check_image(path)
     _prepare_output(args.output_dir, args.bids_dir)
-    checkpoint = args.output_dir / "models" / f"{MODEL_NAME}.pt"
-    config = TrainConfig(affine_steps=args.affine_steps, deformable_steps=args.deformable_steps, seed=args.seed)
     torch.set_num_threads(max(args.nprocs, args.omp_nthreads))
-    LOGGER.info("training on %d T1w image(s) of %d subject(s): %d + %d steps -> %s",
-                len(images), len(subjects), config.affine_steps, config.deformable_steps, checkpoint)
-    finished_before = checkpoint.is_file() and bool(
-        _read_checkpoint(checkpoint, "; delete it or choose another output_dir")["training"].get("complete")
-    )
-    try:
-        interactive = sys.stderr.isatty()  # a progress bar on a terminal, a line every 100 steps in a job's log
-        payload = train(images, checkpoint, config, device=args.device, progress=interactive,
-                        log_every=0 if interactive else 100)
-    except ValueError as error:
-        raise InputError(str(error)) from None
-    card = write_model_card(checkpoint, payload, args.bids_dir, subjects)
-    if finished_before:
-        LOGGER.info("%s already holds this finished training (same configuration and images, %.0f s); kept it "
-                    "(delete it to train again). Card: %s", checkpoint, payload["training"]["seconds"], card)
-    else:
-        LOGGER.info("model written: %s (card %s)", checkpoint, card)
+    for method in networks:
+        one_stage = method == "voxelmorph"
+        checkpoint = args.output_dir / "models" / f"{MODEL_NAMES[method]}.pt"
+        config = TrainConfig(affine_steps=0 if one_stage else args.affine_steps, deformable_steps=args.deformable_steps,
+                             seed=args.seed, global_stage=not one_stage)
+        LOGGER.info("training %s on %d T1w image(s) of %d subject(s): %d + %d steps -> %s", method,
+                    len(images), len(subjects), config.affine_steps, config.deformable_steps, checkpoint)
+        finished_before = checkpoint.is_file() and bool(
+            _read_checkpoint(checkpoint, "; delete it or choose another output_dir")["training"].get("complete")
+        )
+        try:
+            interactive = sys.stderr.isatty()  # a progress bar on a terminal, a line every 100 steps in a job's log
+            payload = train(images, checkpoint, config, device=args.device, progress=interactive,
+                            log_every=0 if interactive else 100)
+        except ValueError as error:
+            raise InputError(str(error)) from None
+        card = write_model_card(checkpoint, payload, args.bids_dir, subjects)
+        if finished_before:
+            LOGGER.info("%s already holds this finished training (same configuration and images, %.0f s); kept it "
+                        "(delete it to train again). Card: %s", checkpoint, payload["training"]["seconds"], card)
+        else:
+            LOGGER.info("model written: %s (card %s)", checkpoint, card)
     return exit_codes.OK
 
 
 def _progress(node, status: str) -> None:
     """Nipype status callback: a line per subject and method as its registration ends and as
     its overlaps are filed."""
-    if status != "end" or not (node.name in _REGISTRATIONS or node.name == "ds_overlap"):
+    from ..interfaces.registration import REGISTRATIONS
+
+    registration = isinstance(node.interface, REGISTRATIONS)
+    if status != "end" or not (registration or node.name == "ds_overlap"):
         return
     parts = node.fullname.split(".")[1].removesuffix("_wf").split("_")  # sub_10_ses_a -> sub-10_ses-a
     who = "_".join(f"{key}-{value}" for key, value in zip(parts[::2], parts[1::2]))
     try:
         outputs = node.result.outputs
-        if node.name in _REGISTRATIONS:
+        if registration:
             report = json.loads(Path(outputs.report).read_text())
             LOGGER.info("%s %s: registered in %.1f s", who, report["method"], report["seconds"])
         else:
@@ -270,7 +298,15 @@ def run_participant(args: argparse.Namespace) -> int:
     if not subjects:
         raise NoFilesSelectedError(f"{args.bids_dir}: no subject left to register (the only one selected is the fixed "
                                    f"image {fixed.source}); select other subjects")
-    model = _resolve_model(args) if "cnn" in args.methods else None
+    from ..methods import TABLE, resolve
+
+    models = {method: _resolve_model(args, method) for method in args.methods if TABLE[method].model}
+    for method in args.methods:
+        if TABLE[method].check:
+            try:
+                resolve(TABLE[method].check)()
+            except FileNotFoundError as error:
+                raise MissingInputError(f"--methods {method}: {error}") from None
     inputs = []
     for subject in subjects:
         for item in collect_t1w(layout, subject, sessions=args.session_label, filters=filters, labels=labels,
@@ -283,10 +319,8 @@ def run_participant(args: argparse.Namespace) -> int:
     _prepare_output(args.output_dir, args.bids_dir)
 
     settings = RunSettings(
-        methods=tuple(args.methods), model=model, seg=args.labels_desc or "labels", device=args.device,
-        omp_nthreads=args.omp_nthreads, seed=args.seed,
-        affine_iterations=tuple(args.ants_affine_iterations) if args.ants_affine_iterations else None,
-        syn_iterations=tuple(args.ants_syn_iterations) if args.ants_syn_iterations else None,
+        methods=tuple(args.methods), models=models, parameters=args.parameters, seg=args.labels_desc or "labels",
+        device=args.device, omp_nthreads=args.omp_nthreads, seed=args.seed,
     )
     work_dir = args.work_dir or args.output_dir / "work"
     workflow = pe.Workflow(name="bidsreg_wf", base_dir=str(work_dir))

@@ -17,12 +17,15 @@ from ..bids.derivatives import sidecar_path
 from ..errors import MissingInputError
 from .collect import collect, parse_name
 from .figures import method_boxplot, overlay, region_boxplot
+from ..methods import TABLE
 from .tables import cnn_stages, label_table, method_table, ordered_methods, qc_flags, wilcoxon_table
 
 __all__ = ["run_group"]
 
 LOGGER = logging.getLogger("bidsreg")
 _PACKAGES = ("bidsreg", "torch", "antspyx", "nipype", "pybids", "nibabel", "SimpleITK")
+#: Sidecar parameters naming the software (and its version) that ran a method.
+_VERSION_KEYS = ("antspyx", "simpleitk", "elastix")
 
 
 def _write_tsv(table: pd.DataFrame, path: Path) -> None:
@@ -108,6 +111,17 @@ def _model_text(name: str) -> str:
     return name
 
 
+def _method_sentence(method: str, parameters: dict, versions: dict) -> str:
+    """A method's sentence (:attr:`bidsreg.methods.Method.text`) filled from its sidecar parameters."""
+    settings = ", ".join(f"{key}={json.dumps(value)}" for key, value in parameters.items()
+                         if key not in _VERSION_KEYS and not isinstance(value, dict))
+    version = next((str(parameters[key]) for key in _VERSION_KEYS if key in parameters), "")
+    return TABLE[method].text.format(
+        name=method, version=version or versions.get("antspyx", ""), kind=parameters.get("type_of_transform", ""),
+        model=_model_text(parameters.get("model", "")), parameters=settings or "default parameters",
+    )
+
+
 def _boilerplate(output_dir: Path, subjects: pd.DataFrame, versions: dict) -> str:
     """A methods paragraph to cite, from what the sidecars say was run."""
     parameters = {}
@@ -120,20 +134,9 @@ def _boilerplate(output_dir: Path, subjects: pd.DataFrame, versions: dict) -> st
         f"{n} T1-weighted image(s) were registered to {fixed} with bidsreg {versions.get('bidsreg', '')} "
         f"(Nipype {versions.get('nipype', '')}, PyTorch {versions.get('torch', '')}, pybids {versions.get('pybids', '')})."
     ]
-    if "cnn" in parameters:
-        text.append(
-            "The CNN method is two-stage and unsupervised: a global network predicts an affine map trained to maximise "
-            "the squared global normalised cross-correlation, applied in both directions and averaged (log-Euclidean) "
-            "so that it is inverse-consistent; then a U-Net predicts a displacement field trained on local NCC over "
-            f"9×9×9 windows with a diffusion regulariser (model {_model_text(parameters['cnn'].get('model', ''))}). "
-            "Its global stage alone is reported as cnnaffine."
-        )
-    for method, kind in (("antsaffine", "Affine"), ("antssyn", "SyN")):
-        if method in parameters:
-            p = parameters[method]
-            text.append(f"The {method} baseline is antspyx {p.get('antspyx', versions.get('antspyx', ''))} "
-                        f"registration with type_of_transform='{kind}' "
-                        + ("with its default parameters" if len(p) <= 3 else f"({json.dumps(p)})") + ".")
+    for method in ordered_methods(list(parameters)):
+        if method in TABLE and TABLE[method].text:
+            text.append(_method_sentence(method, parameters[method], versions))
     text.append(
         "Label overlap follows Klein et al. (2009) (target, mean/Dice, union/Jaccard, false negative and false "
         "positive), with the 95th percentile symmetric surface Hausdorff distance; regularity is the percentage of "

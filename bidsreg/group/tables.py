@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import wilcoxon
 
-__all__ = ["METHOD_ORDER", "STAGES", "cnn_stages", "ordered_methods", "label_table", "method_table", "qc_flags", "wilcoxon_table"]
+from ..methods import REPORTED
 
-#: Display order of methods (others follow alphabetically).
-METHOD_ORDER = ("original", "cnnaffine", "cnn", "antsaffine", "antssyn")
+__all__ = ["STAGES", "cnn_stages", "ordered_methods", "label_table", "method_table", "qc_flags", "wilcoxon_table"]
+
 #: The CNN's stages as the original work reports them.
 STAGES = {"original": "original", "cnnaffine": "global", "cnn": "registered"}
 _MEASURES = ("dice", "jaccard", "target_overlap", "hd95", "dsc30", "folding_percent", "sdlogj", "seconds", "peak_memory_mb")
@@ -18,8 +18,8 @@ _IDENTITY = ["subject", "session", "run"]
 
 
 def ordered_methods(methods) -> list[str]:
-    known = [m for m in METHOD_ORDER if m in set(methods)]
-    return known + sorted(set(methods) - set(METHOD_ORDER))
+    known = [m for m in REPORTED if m in set(methods)]
+    return known + sorted(set(methods) - set(REPORTED))
 
 
 def method_table(subjects: pd.DataFrame) -> pd.DataFrame:

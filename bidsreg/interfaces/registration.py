@@ -15,11 +15,11 @@ import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
 from ..atomic import atomic_output
-from ..baselines import ANTS_TRANSFORMS
 from ..itk import read_composite, write_composite
+from ..methods import TABLE, build_config, resolve
 from ..profiling import Usage, measure
 
-__all__ = ["ANTsRegistration", "CNNGlobal", "CNNLocal"]
+__all__ = ["REGISTRATIONS", "CNNGlobal", "CNNLocal", "CNNOneStage", "MethodRegistration"]
 
 
 class _RegistrationInputSpec(BaseInterfaceInputSpec):
@@ -130,35 +130,52 @@ class CNNLocal(SimpleInterface):
         return runtime
 
 
-class _ANTsInputSpec(_RegistrationInputSpec):
-    method = traits.Enum(*ANTS_TRANSFORMS, mandatory=True, desc="bidsreg method name")
-    affine_iterations = traits.List(traits.Int, desc="iterations per affine level (default: antspyx's)")
-    syn_iterations = traits.List(traits.Int, desc="iterations per SyN level (default: antspyx's)")
-    seed = traits.Int(0, usedefault=True, desc="ANTs random seed")
+class CNNOneStage(SimpleInterface):
+    """The deformable network alone, from the centre-of-mass alignment (``voxelmorph``)."""
 
-
-class ANTsRegistration(SimpleInterface):
-    """antspyx ``Affine`` or ``SyN`` (the baselines)."""
-
-    input_spec = _ANTsInputSpec
+    input_spec = _CNNInputSpec
     output_spec = _RegistrationOutputSpec
 
     def _run_interface(self, runtime):
-        from ..baselines import ants_register
+        from ..registration import register
 
+        model = _load_model(self.inputs)
         with measure() as usage:
-            result = ants_register(
-                self.inputs.fixed,
-                self.inputs.moving,
-                self.inputs.method,
-                affine_iterations=self.inputs.affine_iterations or None,
-                syn_iterations=self.inputs.syn_iterations or None,
-                seed=self.inputs.seed,
-                threads=self.inputs.num_threads,
+            result = register(self.inputs.fixed, self.inputs.moving, model, inverse=True,
+                              local_instance_steps=self.inputs.instance_steps)
+        _write_outputs(self._results, "voxelmorph", result.affine, result.displacement, result.inverse_displacement,
+                       result.fixed_affine, usage, _cnn_parameters(self.inputs))
+        return runtime
+
+
+class _MethodInputSpec(_RegistrationInputSpec):
+    method = traits.Enum(*(name for name, m in TABLE.items() if m.function), mandatory=True, desc="bidsreg method")
+    parameters = traits.Dict(traits.Str, traits.Any, desc="the method's parameters (see bidsreg.methods.OPTIONS)")
+    seed = traits.Int(0, usedefault=True, desc="random seed")
+
+
+class MethodRegistration(SimpleInterface):
+    """A registration function of the method table (the ANTs, B-spline and Demons baselines)."""
+
+    input_spec = _MethodInputSpec
+    output_spec = _RegistrationOutputSpec
+
+    def _run_interface(self, runtime):
+        method = TABLE[self.inputs.method]
+        parameters = dict(self.inputs.parameters)
+        config = (build_config(method.name, parameters),) if method.config else ()
+        keywords = {} if method.config else parameters
+        with measure() as usage:
+            result = resolve(method.function)(
+                self.inputs.fixed, self.inputs.moving, *config, seed=self.inputs.seed, threads=self.inputs.num_threads,
+                **method.keywords, **keywords,
             )
-        _write_outputs(  # seconds of antsRegistration itself, without reading the images
-            self._results, self.inputs.method, result.affine, result.displacement, result.inverse_displacement,
+        _write_outputs(  # seconds of the registration itself, without reading the images
+            self._results, method.name, result.affine, result.displacement, result.inverse_displacement,
             result.reference_affine, usage, result.parameters, seconds=result.seconds,
         )
         return runtime
 
+
+#: Every registration interface (the progress lines of the app pick their nodes by it).
+REGISTRATIONS = (CNNGlobal, CNNLocal, CNNOneStage, MethodRegistration)

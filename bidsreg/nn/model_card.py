@@ -65,7 +65,10 @@ def write_model_card(
         "SHA256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
         "GeneratedBy": {"Name": "bidsreg", "Version": __version__},
         "Method": "two-stage unsupervised registration CNN: global affine network (squared global NCC), "
-                  "then U-Net displacement field (local NCC over 9^3 windows + gradient smoothness)",
+                  "then U-Net displacement field (local NCC over 9^3 windows + gradient smoothness)"
+                  if training["config"].get("global_stage", True) else
+                  "one-stage unsupervised registration CNN (voxelmorph): U-Net displacement field (local NCC over 9^3 "
+                  "windows + gradient smoothness) on centre-of-mass aligned pairs, no affine network",
         "TrainingData": {"Dataset": str(dataset), "Subjects": [f"sub-{s}" for s in subjects],
                          "Images": training["data"]["n_images"], "Labels": "none (unsupervised)"},
         "Training": {"Steps": training["steps"], "Seconds": round(float(training["seconds"]), 1),

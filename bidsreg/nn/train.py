@@ -3,7 +3,9 @@
 Pairs are drawn at random from the cohort (any image may be the fixed one), each image is
 moved by a random affine and a random intensity gamma, the global stage is trained first on
 ``-GlobalNCC²`` and the local stage then on pairs aligned by the trained global stage with
-``-LocalNCC² + γ·|∇u|²``. All randomness comes from one seeded :class:`torch.Generator`
+``-LocalNCC² + γ·|∇u|²``. With ``global_stage=False`` the local network is trained alone, on
+pairs aligned only by their centres of mass (the one-stage ``voxelmorph`` method of the
+original comparison). All randomness comes from one seeded :class:`torch.Generator`
 whose state is checkpointed, so that a training resumed from a checkpoint is exactly the
 uninterrupted one on CPU. (On CUDA, ``grid_sample``'s 3D backward uses atomic adds and is
 not bitwise reproducible.)
@@ -68,6 +70,10 @@ class TrainConfig:
         (``benchmarks/global_stage_sweep.py``).
     gamma_sd : float
         Standard deviation of the log intensity gamma.
+    global_stage : bool
+        Train the global network and feed the local one with its alignment (the two-stage
+        ``cnn``); False: the local network alone on centre-of-mass aligned pairs (the one-stage
+        ``voxelmorph``; ``affine_steps`` must then be 0).
     checkpoint_every : int
         Write a resumable checkpoint every so many steps.
     seed : int
@@ -94,6 +100,7 @@ class TrainConfig:
     fixed_max_scaling: float = 0.03
     fixed_max_translation: float = 3.0
     gamma_sd: float = 0.15
+    global_stage: bool = True
     checkpoint_every: int = 100
     seed: int = 0
     affine_features: tuple[int, ...] = (16, 32, 64, 64)
@@ -107,6 +114,8 @@ class TrainConfig:
         for name in ("affine_steps", "deformable_steps", "checkpoint_every"):
             if getattr(self, name) < (1 if name == "checkpoint_every" else 0):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.global_stage and self.affine_steps:
+            raise ValueError(f"a one-stage training (global_stage False) has no affine steps, got {self.affine_steps}")
         if self.smoothness < 0:
             raise ValueError(f"smoothness must be >= 0, got {self.smoothness}")
 
@@ -321,8 +330,10 @@ def train(
             loss = sum(losses["global"](fixed_low, warp_affine(moving_low, theta)) for theta in thetas) / len(thetas)
         else:
             stage = "deformable"
-            with torch.no_grad():
-                world_map = global_world_map(affine_net, grid, fixed_grid, moving, start)
+            world_map = start
+            if config.global_stage:
+                with torch.no_grad():
+                    world_map = global_world_map(affine_net, grid, fixed_grid, moving, start)
             moving_grid = _gamma(grid.resample(moving, world_map), generator, config.gamma_sd)
             field_voxels = deformable_net(fixed_grid, moving_grid)
             loss = losses["local"](fixed_grid, warp_field(moving_grid, field_voxels)) + config.smoothness * losses[

@@ -9,29 +9,25 @@ A sketch for sub-10 with ``--methods cnn,antssyn`` and labels::
 
     cnn_global ──> evaluate_cnnaffine_wf
         └──> cnn_local ──> evaluate_cnn_wf
-    ants_antssyn ──> evaluate_antssyn_wf
+    register_antssyn ──> evaluate_antssyn_wf
     (identity) ──> evaluate_original_wf  (labels through scanner coordinates: "original")
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nipype.pipeline import engine as pe
 
-from ..baselines import ANTS_TRANSFORMS
 from ..bids.layout import FixedImage
-from . import DEFORMABLE, METHODS
 from ..interfaces.apply import ApplyTransform, MaskImage
 from ..interfaces.derivatives import DerivativesSink
 from ..interfaces.metrics import JacobianStats, LabelOverlap
-from ..interfaces.registration import ANTsRegistration, CNNGlobal, CNNLocal
+from ..interfaces.registration import CNNGlobal, CNNLocal, CNNOneStage, MethodRegistration
+from ..methods import METHODS, TABLE, deformable
 
 __all__ = ["RunSettings", "init_evaluate_wf", "init_participant_wf", "workflow_name"]
 
-#: Peak memory (GB) of each registration of a 1 mm 256x256x160 pair (OASIS run of the README),
-#: so that MultiProc (``--mem-gb``) does not start more of them than fit.
-MEMORY_GB = {"cnnaffine": 1.8, "cnn": 2.5, "antsaffine": 1.8, "antssyn": 2.5}
 #: Entities of an input T1w that its derivatives keep.
 _KEPT = ("subject", "session", "acquisition", "ceagent", "reconstruction", "run")
 
@@ -43,29 +39,28 @@ class RunSettings:
     Attributes
     ----------
     methods : tuple of str
-        ``cnn``, ``antsaffine``, ``antssyn``; ``cnn`` also yields ``cnnaffine``.
-    model : Path or None
-        The checkpoint (needed with ``cnn``).
+        Names of :data:`bidsreg.methods.TABLE`; ``cnn`` also yields ``cnnaffine``.
+    models : dict
+        The checkpoint of each network method (``cnn``, ``voxelmorph``) that runs.
+    parameters : dict
+        Per method, its parameters (:func:`bidsreg.methods.method_parameters`; absent: defaults).
     seg : str
         ``seg-`` label of label maps and overlap tables (the ``--labels-desc``).
     device : str
     omp_nthreads : int
         Threads of each registration.
     seed : int
-    affine_iterations, syn_iterations : tuple of int or None
-        ANTs iterations per level (None: antspyx defaults).
     instance_steps : int
-        Local instance optimisation of the CNN (0: off).
+        Local instance optimisation of the networks (0: off).
     """
 
     methods: tuple[str, ...]
-    model: Path | None = None
+    models: dict[str, Path] = field(default_factory=dict)
+    parameters: dict[str, dict] = field(default_factory=dict)
     seg: str = "labels"
     device: str = "auto"
     omp_nthreads: int = 1
     seed: int = 0
-    affine_iterations: tuple[int, ...] | None = None
-    syn_iterations: tuple[int, ...] | None = None
     instance_steps: int = 0
 
 
@@ -115,8 +110,9 @@ def init_participant_wf(
     unknown = sorted(set(settings.methods) - set(METHODS))
     if unknown or not settings.methods:
         raise ValueError(f"unknown method(s) {unknown or '(none)'}; choose from {', '.join(METHODS)}")
-    if "cnn" in settings.methods and settings.model is None:
-        raise ValueError("the cnn method needs a model (a bidsreg checkpoint)")
+    untrained = [name for name in settings.methods if TABLE[name].model and name not in settings.models]
+    if untrained:
+        raise ValueError(f"the {', '.join(untrained)} method(s) need a model (a bidsreg checkpoint)")
     kept = {key: entities[key] for key in _KEPT if entities.get(key) is not None}
     workflow = pe.Workflow(name=name or workflow_name(kept))
     measure = labels is not None and fixed.labels is not None
@@ -137,30 +133,14 @@ def init_participant_wf(
             workflow.connect(moving, "out_file", node, field)
 
     branches: dict[str, pe.Node] = {}
-    threads = settings.omp_nthreads
-    if "cnn" in settings.methods:
-        cnn = {"fixed": str(fixed.path), "model": str(settings.model), "device": settings.device, "num_threads": threads}
-        stage1 = pe.Node(CNNGlobal(**cnn), name="cnn_global", n_procs=threads, mem_gb=MEMORY_GB["cnnaffine"])
-        stage2 = pe.Node(CNNLocal(instance_steps=settings.instance_steps, **cnn), name="cnn_local", n_procs=threads,
-                         mem_gb=MEMORY_GB["cnn"])
-        connect_moving(stage1)
-        connect_moving(stage2)
-        workflow.connect([(stage1, stage2, [("forward_transform", "global_transform"), ("report", "global_report")])])
-        branches["cnnaffine"], branches["cnn"] = stage1, stage2
-    for method in ANTS_TRANSFORMS:
-        if method in settings.methods:
-            ants = pe.Node(
-                ANTsRegistration(fixed=str(fixed.path), method=method, seed=settings.seed, num_threads=threads),
-                name=f"ants_{method}",
-                n_procs=threads,
-                mem_gb=MEMORY_GB[method],
-            )
-            if settings.affine_iterations:
-                ants.inputs.affine_iterations = list(settings.affine_iterations)
-            if settings.syn_iterations:
-                ants.inputs.syn_iterations = list(settings.syn_iterations)
-            connect_moving(ants)
-            branches[method] = ants
+    for name in settings.methods:
+        nodes = _registration_nodes(name, fixed, settings)
+        for node in nodes.values():
+            connect_moving(node)
+        if name == "cnn":  # the local stage starts from the global one
+            workflow.connect([(nodes["cnnaffine"], nodes["cnn"], [("forward_transform", "global_transform"),
+                                                                  ("report", "global_report")])])
+        branches.update(nodes)
 
     for method, node in branches.items():
         evaluate = init_evaluate_wf(
@@ -177,6 +157,24 @@ def init_participant_wf(
         workflow.add_nodes([_init_original_wf(entities=kept, fixed=fixed, output_dir=output_dir, labels=labels,
                                               seg=settings.seg, metadata=source)])
     return workflow
+
+
+def _registration_nodes(name: str, fixed: FixedImage, settings: RunSettings) -> dict[str, pe.Node]:
+    """The registration node(s) of a method, by the method name each reports."""
+    method, threads = TABLE[name], settings.omp_nthreads
+    common = {"fixed": str(fixed.path), "num_threads": threads}
+    placement = {"n_procs": threads, "mem_gb": method.memory_gb}
+    if method.model is None:
+        node = MethodRegistration(method=name, parameters=settings.parameters.get(name, {}), seed=settings.seed, **common)
+        return {name: pe.Node(node, name=f"register_{name}", **placement)}
+    network = {"model": str(settings.models[name]), "device": settings.device, **common}
+    if method.model == "one-stage":
+        node = CNNOneStage(instance_steps=settings.instance_steps, **network)
+        return {name: pe.Node(node, name=f"register_{name}", **placement)}
+    return {  # the two-stage CNN: the global stage alone is reported too
+        "cnnaffine": pe.Node(CNNGlobal(**network), name="cnn_global", **placement),
+        "cnn": pe.Node(CNNLocal(instance_steps=settings.instance_steps, **network), name="cnn_local", **placement),
+    }
 
 
 def init_evaluate_wf(
@@ -221,7 +219,7 @@ def init_evaluate_wf(
         (inputnode, ds_forward, [("forward_transform", "in_file")]),
         (inputnode, ds_inverse, [("inverse_transform", "in_file"), ("report", "json_files")]),
     ])
-    if method in DEFORMABLE:
+    if deformable(method):
         jacobian = pe.Node(JacobianStats(reference=str(fixed.path)), name="jacobian")
         ds_jacobian = pe.Node(DerivativesSink(
             entities={**described, "space": space}, suffix="jacobian", extension=".nii.gz", **sink
@@ -230,7 +228,7 @@ def init_evaluate_wf(
             (inputnode, jacobian, [("forward_transform", "transform")]),
             (jacobian, ds_jacobian, [("out_file", "in_file"), ("out_stats", "json_files")]),
         ])
-    merge = _merge_reports(workflow, inputnode, jacobian if method in DEFORMABLE else None)
+    merge = _merge_reports(workflow, inputnode, jacobian if deformable(method) else None)
     workflow.connect(merge, "out", ds_forward, "json_files")
     if labels is not None:
         _add_overlap(workflow, inputnode, labels=labels, fixed=fixed, entities=described, seg=seg, sink=sink,

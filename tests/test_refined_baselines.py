@@ -1,11 +1,13 @@
-"""The Demons baseline (bidsreg.demons): antspyx Affine then SimpleITK fast symmetric forces
-Demons, read back in bidsreg's frames; checked on the phantom against its known deformation and
-against SimpleITK's own resampling through the written composite transform."""
+"""The baselines that refine antspyx Affine with SimpleITK (bidsreg.demons: fast symmetric forces
+Demons; bidsreg.bspline: B-spline free-form deformation), read back in bidsreg's frames; checked
+on the phantom against its known deformation and against SimpleITK's own resampling through the
+written composite transform."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from bidsreg.bspline import BSplineConfig, bspline_register
 from bidsreg.demons import DemonsConfig, demons_register
 from bidsreg.image import load_volume
 from bidsreg.itk import write_composite
@@ -13,15 +15,22 @@ from bidsreg.metrics import overlap_table, summarise
 from bidsreg.transforms import apply_transform
 
 pytestmark = pytest.mark.slow
-QUICK = DemonsConfig(shrink_factors=(2, 1), iterations=(30, 15))
+#: Each method with a configuration for the phantom's 3 mm voxels, and what its sidecar names.
+METHODS = {
+    "demons": (demons_register, DemonsConfig(shrink_factors=(2, 1), iterations=(30, 15)),
+               ("filter", "FastSymmetricForcesDemonsRegistrationFilter")),
+    "bspline": (bspline_register, BSplineConfig(grid_spacing=24.0, shrink_factors=(2, 1), iterations=(200, 200)),
+                ("transform", "BSplineTransform (order 3)")),
+}
 
 
-@pytest.fixture(scope="module")
-def pair(phantom, tmp_path_factory) -> dict:
+@pytest.fixture(scope="module", params=list(METHODS))
+def pair(phantom, tmp_path_factory, request) -> dict:
     """Fixed phantom, a moved and deformed copy (sub-02's map of conftest) and its labels."""
     from conftest import SUBJECT_MAPS
 
-    root = tmp_path_factory.mktemp("demons")
+    register, config, named = METHODS[request.param]
+    root = tmp_path_factory.mktemp(request.param)
     affine = phantom.affine()
     world_map = SUBJECT_MAPS["02"]
     files = {
@@ -30,7 +39,8 @@ def pair(phantom, tmp_path_factory) -> dict:
         "moving_labels": phantom.write(root / "moving_dseg.nii.gz",
                                        phantom.labels(affine, world_map=world_map, deformed=True), affine),
     }
-    return {**files, "fixed_labels": phantom.labels(affine), "result": demons_register(files["fixed"], files["moving"], QUICK)}
+    return {**files, "fixed_labels": phantom.labels(affine), "result": register(files["fixed"], files["moving"], config),
+            "named": named}
 
 
 def _dice(pair, affine, displacement=None) -> float:
@@ -40,12 +50,13 @@ def _dice(pair, affine, displacement=None) -> float:
     return summarise(overlap_table(warped, pair["fixed_labels"], spacing=fixed.spacing))["dice"]
 
 
-def test_demons_improves_on_its_affine_start(pair):
+def test_improves_on_its_affine_start(pair):
     result = pair["result"]
-    original, affine, demons = _dice(pair, np.eye(4)), _dice(pair, result.affine), _dice(pair, result.affine, result.displacement)
-    # antspyx Affine moves a little between runs (random metric sampling); Demons always adds to it
-    assert original < affine and demons > affine + 0.03 and demons > 0.8, (original, affine, demons)
-    assert result.parameters["filter"] == "FastSymmetricForcesDemonsRegistrationFilter"
+    original, affine, refined = _dice(pair, np.eye(4)), _dice(pair, result.affine), _dice(pair, result.affine, result.displacement)
+    # antspyx Affine moves a little between runs (random metric sampling); the refinement always adds to it
+    assert original < affine and refined > affine + 0.03 and refined > 0.8, (original, affine, refined)
+    key, value = pair["named"]
+    assert result.parameters[key] == value
     assert result.parameters["affine_start"]["type_of_transform"] == "Affine" and result.seconds > 0
 
 
@@ -66,7 +77,7 @@ def test_composite_file_warps_like_simpleitk(pair, tmp_path):
     import SimpleITK as sitk
 
     result = pair["result"]
-    path = tmp_path / "demons_xfm.h5"
+    path = tmp_path / "refined_xfm.h5"
     write_composite(path, result.affine, result.displacement, result.reference_affine)
     fixed_image, moving_image = sitk.ReadImage(pair["fixed"]), sitk.ReadImage(pair["moving"])
     theirs = sitk.GetArrayFromImage(sitk.Resample(moving_image, fixed_image, sitk.ReadTransform(str(path)),
@@ -77,8 +88,11 @@ def test_composite_file_warps_like_simpleitk(pair, tmp_path):
     assert np.corrcoef(ours[inside], theirs[inside])[0, 1] > 0.999
 
 
-@pytest.mark.parametrize("changes", [dict(shrink_factors=(2, 1), iterations=(10,)), dict(field_sigma=0.0),
-                                     dict(shrink_factors=(0,), iterations=(5,))])
-def test_bad_demons_parameters(changes):
+@pytest.mark.parametrize("config, changes", [
+    (DemonsConfig, dict(shrink_factors=(2, 1), iterations=(10,))), (DemonsConfig, dict(field_sigma=0.0)),
+    (DemonsConfig, dict(shrink_factors=(0,), iterations=(5,))), (BSplineConfig, dict(grid_spacing=0.0)),
+    (BSplineConfig, dict(shrink_factors=(), iterations=())), (BSplineConfig, dict(iterations=(0, 1, 1))), (BSplineConfig, dict(samples=0)),
+])
+def test_bad_parameters(config, changes):
     with pytest.raises(ValueError):
-        DemonsConfig(**changes)
+        config(**changes)
