@@ -131,6 +131,7 @@ def refine_affine(
     affine_iterations: tuple[int, ...] | None = None,
     seed: int = 0,
     threads: int = 1,
+    start: BaselineResult | None = None,
 ) -> BaselineResult:
     """antspyx Affine (the ``antsaffine`` baseline), then a deformable refinement.
 
@@ -140,6 +141,9 @@ def refine_affine(
     back in RAS+ mm and inverted, so that a fixed point ``x`` maps to
     ``affine @ (x + displacement(x))``.
 
+    ``start``: an antsaffine result of this pair computed before (parameter sweeps); it is
+    used instead of running antspyx again.
+
     Returns
     -------
     BaselineResult
@@ -148,7 +152,9 @@ def refine_affine(
     from .image import load_volume
     from .transforms import apply_transform, invert_displacement
 
-    start = ants_register(fixed, moving, "antsaffine", affine_iterations=affine_iterations, seed=seed, threads=threads)
+    if start is None:
+        start = ants_register(fixed, moving, "antsaffine", affine_iterations=affine_iterations, seed=seed,
+                              threads=threads)
     fixed_volume, moving_volume = load_volume(fixed), load_volume(moving)
     tick = time.perf_counter()
     warped = apply_transform(moving_volume, fixed_volume.shape, fixed_volume.affine, start.affine)

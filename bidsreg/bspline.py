@@ -33,7 +33,7 @@ import numpy as np
 
 from .baselines import BaselineResult, config_parameters, refine_affine
 
-__all__ = ["BSplineConfig", "bspline_register", "elastix_parameters", "find_elastix"]
+__all__ = ["bspline_field", "BSplineConfig", "bspline_register", "elastix_parameters", "find_elastix"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def elastix_parameters(config: BSplineConfig, seed: int) -> str:
     return "".join(f"({key} {value})\n" for key, value in values.items())
 
 
-def _bspline_field(fixed_path: str, warped_moving: np.ndarray, warp_path: str, config: BSplineConfig, seed: int,
+def bspline_field(fixed_path: str, warped_moving: np.ndarray, warp_path: str, config: BSplineConfig, seed: int,
                    threads: int) -> None:
     """Run elastix between the fixed image and the affinely warped moving image (on the fixed
     grid), then transformix for the dense field, written as an ITK NIfTI warp to ``warp_path``."""
@@ -168,7 +168,7 @@ def bspline_register(
     """
     elastix, _ = find_elastix()
     version = subprocess.run([elastix, "--version"], capture_output=True, text=True).stdout.split(":")[-1].strip()
-    result = refine_affine(fixed, moving, partial(_bspline_field, config=config, seed=seed, threads=threads),
+    result = refine_affine(fixed, moving, partial(bspline_field, config=config, seed=seed, threads=threads),
                            affine_iterations=config.affine_iterations, seed=seed, threads=threads)
     result.parameters.update({"elastix": version, "transform": "BSplineTransform (order 3)",
                               "metric": "AdvancedNormalizedCorrelation",

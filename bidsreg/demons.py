@@ -19,7 +19,7 @@ import numpy as np
 from .baselines import BaselineResult, config_parameters, refine_affine
 from .itk import sitk_pair
 
-__all__ = ["DemonsConfig", "demons_register"]
+__all__ = ["demons_field", "DemonsConfig", "demons_register"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class DemonsConfig:
             raise ValueError("shrink factors must be >= 1, iterations >= 0 and field_sigma > 0")
 
 
-def _demons_field(fixed_path: str, warped_moving: np.ndarray, warp_path: str, config: DemonsConfig) -> None:
+def demons_field(fixed_path: str, warped_moving: np.ndarray, warp_path: str, config: DemonsConfig) -> None:
     """Run the multi-resolution Demons between the fixed image and the affinely warped moving
     image (on the fixed grid) and write the field as an ITK NIfTI warp to ``warp_path``."""
     import SimpleITK as sitk
@@ -116,7 +116,7 @@ def demons_register(
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    result = refine_affine(fixed, moving, partial(_demons_field, config=config), affine_iterations=config.affine_iterations, seed=seed,
+    result = refine_affine(fixed, moving, partial(demons_field, config=config), affine_iterations=config.affine_iterations, seed=seed,
                            threads=threads)
     result.parameters.update({"simpleitk": sitk.Version.VersionString(), "filter": "FastSymmetricForcesDemonsRegistrationFilter", **config_parameters(config)})
     return result

@@ -4,6 +4,8 @@ on the phantom against its known deformation and against SimpleITK's own resampl
 written composite transform."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -24,7 +26,10 @@ METHODS = {
 }
 
 
-@pytest.fixture(scope="module", params=list(METHODS))
+@pytest.fixture(scope="module", params=[
+    "demons", pytest.param("bspline", marks=pytest.mark.skipif(shutil.which("elastix") is None,
+                                                               reason="elastix is not installed (apt-get install elastix)")),
+])
 def pair(phantom, tmp_path_factory, request) -> dict:
     """Fixed phantom, a moved and deformed copy (sub-02's map of conftest) and its labels."""
     from conftest import SUBJECT_MAPS
