@@ -32,9 +32,11 @@ from bidsreg.demons import DemonsConfig, demons_field  # noqa: E402
 from bidsreg.image import load_volume  # noqa: E402
 from bidsreg.metrics import jacobian_stats, world_jacobian_determinant  # noqa: E402
 
-#: The variants: each changes one parameter of the current default.
+#: The variants: each changes one parameter of the default. The defaults are the variant with the
+#: highest Dice among those folding less than 0.1 % of the brain (2026-11-30: demons field_sigma
+#: 1.0, bspline grid_spacing 10 mm; README).
 VARIANTS = {
-    "demons": [DemonsConfig(), *(replace(DemonsConfig(), field_sigma=s) for s in (1.0, 3.0))],
+    "demons": [DemonsConfig(), *(replace(DemonsConfig(), field_sigma=s) for s in (1.5, 3.0))],
     "bspline": [BSplineConfig(), *(replace(BSplineConfig(), grid_spacing=g) for g in (5.0, 20.0))],
 }
 

@@ -43,7 +43,7 @@ class DemonsConfig:
 
     shrink_factors: tuple[int, ...] = (4, 2, 1)
     iterations: tuple[int, ...] = (50, 30, 15)
-    field_sigma: float = 1.5
+    field_sigma: float = 1.0
     histogram_levels: int = 256
     match_points: int = 15
     affine_iterations: tuple[int, ...] | None = None
