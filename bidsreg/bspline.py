@@ -22,6 +22,7 @@ worth of code. The cost: elastix is a system package (``apt-get install elastix`
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -128,10 +129,12 @@ def bspline_field(fixed_path: str, warped_moving: np.ndarray, warp_path: str, co
     out = folder / "elastix"
     out.mkdir()
     # Nipype's CommandLine (its elastix interfaces expect the result images and Jacobians we do not write)
-    CommandLine("elastix", args=f"-f {fixed_path} -m {moving} -fMask {mask} -p {parameters} -threads {threads} "
-                f"-out {out}", terminal_output="none").run(cwd=str(out))
+    q = shlex.quote
+    CommandLine("elastix", args=f"-f {q(fixed_path)} -m {q(str(moving))} -fMask {q(str(mask))} "
+                f"-p {q(str(parameters))} -threads {threads} -out {q(str(out))}",
+                terminal_output="none").run(cwd=str(out))
     transform = out / "TransformParameters.0.txt"
-    CommandLine("transformix", args=f"-def all -threads {threads} -out {out} -tp {transform}",
+    CommandLine("transformix", args=f"-def all -threads {threads} -out {q(str(out))} -tp {q(str(transform))}",
                 terminal_output="none").run(cwd=str(out))
     shutil.move(next(out.glob("deformationField.*")), warp_path)
 

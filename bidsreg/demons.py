@@ -116,7 +116,8 @@ def demons_register(
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    result = refine_affine(fixed, moving, partial(demons_field, config=config), affine_iterations=config.affine_iterations, seed=seed,
-                           threads=threads)
-    result.parameters.update({"simpleitk": sitk.Version.VersionString(), "filter": "FastSymmetricForcesDemonsRegistrationFilter", **config_parameters(config)})
+    result = refine_affine(fixed, moving, partial(demons_field, config=config),
+                           affine_iterations=config.affine_iterations, seed=seed, threads=threads)
+    result.parameters.update({"simpleitk": sitk.Version.VersionString(),
+                              "filter": "FastSymmetricForcesDemonsRegistrationFilter", **config_parameters(config)})
     return result

@@ -17,7 +17,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["METHODS", "OPTIONS", "REPORTED", "TABLE", "Method", "Option", "build_config", "deformable", "method_parameters", "resolve"]
+__all__ = ["METHODS", "OPTIONS", "REPORTED", "TABLE", "Method", "Option", "build_config", "deformable",
+           "method_parameters", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,8 @@ class Option:
 _CNN_TEXT = (
     "The CNN method is two-stage and unsupervised: a global network predicts an affine map trained to maximise the "
     "squared global normalised cross-correlation, applied in both directions and averaged (log-Euclidean) so that it "
-    "is inverse-consistent; then a U-Net predicts a displacement field trained on local NCC over 9×9×9 windows with a "
-    "diffusion regulariser (model {model}). Its global stage alone is reported as cnnaffine."
+    "is inverse-consistent; then a U-Net predicts a displacement field trained on local NCC over 9×9×9 windows with "
+    "a diffusion regulariser (model {model}). Its global stage alone is reported as cnnaffine."
 )
 _ANTS_TEXT = "The {name} baseline is antspyx {version} registration with type_of_transform='{kind}' ({parameters})."
 
@@ -114,8 +115,8 @@ TABLE: dict[str, Method] = {method.name: method for method in (
            function="bidsreg.bspline:bspline_register", config="bidsreg.bspline:BSplineConfig",
            check="bidsreg.bspline:find_elastix",
            text="The bspline baseline refines the antsaffine result with a free-form deformation on a cubic B-spline "
-                "grid (elastix {version}; normalised correlation on random samples, adaptive stochastic gradient descent, coarse "
-                "to fine; {parameters})."),
+                "grid (elastix {version}; normalised correlation on random samples, adaptive stochastic gradient "
+                "descent, coarse to fine; {parameters})."),
     Method("demons", "antspyx Affine, then SimpleITK fast symmetric forces Demons", True, 3.0,
            function="bidsreg.demons:demons_register", config="bidsreg.demons:DemonsConfig",
            text="The demons baseline refines the antsaffine result with SimpleITK {version} "

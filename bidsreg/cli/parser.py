@@ -17,7 +17,7 @@ from typing import NoReturn, Sequence
 
 from .. import __version__
 from .. import exit_codes
-from ..methods import METHODS, OPTIONS, method_parameters
+from ..methods import METHODS, OPTIONS, TABLE, method_parameters
 from ..nn.train import TrainConfig
 
 __all__ = ["ANALYSIS_LEVELS", "METHODS", "build_parser", "parse_args"]
@@ -142,10 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--labels-desc", metavar="DESC", help="desc entity of those label maps")
     reg.add_argument("--masks", type=Path, metavar="DERIV_DIR", help="brain masks for T1w images that are not skull-stripped")
     reg.add_argument("--methods", type=_methods, default=["cnn"], metavar="LIST",
-                     help="comma-separated: " + ", ".join(METHODS) + ", or all (train level: the networks to train, "
-                          "cnn and/or voxelmorph)")
-    reg.add_argument("--model", type=Path, metavar="CKPT", help="bidsreg checkpoint of the two-stage cnn (default: the one train wrote in output_dir, else the default weights shipped with bidsreg)")
-    reg.add_argument("--voxelmorph-model", type=Path, metavar="CKPT", help="one-stage checkpoint of voxelmorph (default: the one 'train --methods voxelmorph' wrote in output_dir)")
+                     help="comma-separated, or all: " + "; ".join(f"{m.name} ({m.summary})" for m in TABLE.values())
+                          + ". At the train level: the networks to train, cnn and/or voxelmorph")
+    reg.add_argument("--model", type=Path, metavar="CKPT",
+                     help="bidsreg checkpoint of the two-stage cnn (default: the one train wrote in output_dir, else "
+                          "the default weights shipped with bidsreg)")
+    reg.add_argument("--voxelmorph-model", type=Path, metavar="CKPT",
+                     help="one-stage checkpoint of voxelmorph (default: the one 'train --methods voxelmorph' wrote in "
+                          "output_dir)")
     reg.add_argument("--recipe", type=Path, metavar="PATH", help="TOML file of option values (see workflows/)")
 
     baselines = parser.add_argument_group("parameters of the classical methods (default: see the README)")
