@@ -117,7 +117,7 @@ TABLE: dict[str, Method] = {method.name: method for method in (
            text="The bspline baseline refines the antsaffine result with a free-form deformation on a cubic B-spline "
                 "grid (elastix {version}; normalised correlation on random samples, adaptive stochastic gradient "
                 "descent, coarse to fine; {parameters})."),
-    Method("demons", "antspyx Affine, then SimpleITK fast symmetric forces Demons", True, 3.0,
+    Method("demons", "antspyx Affine, then SimpleITK fast symmetric forces Demons", True, 2.5,
            function="bidsreg.demons:demons_register", config="bidsreg.demons:DemonsConfig",
            text="The demons baseline refines the antsaffine result with SimpleITK {version} "
                 "FastSymmetricForcesDemonsRegistrationFilter on the histogram-matched moving image, coarse to fine "
