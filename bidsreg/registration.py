@@ -15,7 +15,7 @@ import torch
 from scipy.linalg import expm, logm
 
 from .image import Volume, load_volume
-from .nn.checkpoint import build_networks, load_checkpoint
+from .nn.checkpoint import build_networks, has_global_stage, load_checkpoint
 from .nn.layers import AffineTransformer, SpatialTransformer
 from .nn.losses import GlobalNCC, Gradient, LocalNCC
 from .nn.networks import AffineNet, DeformableNet
@@ -81,7 +81,7 @@ class RegistrationModel:
             window=int(training["window"]),
             device=dev,
             source=str(path),
-            global_stage=bool(training["config"].get("global_stage", True)),  # absent before one-stage models
+            global_stage=has_global_stage(payload),
         )
 
 

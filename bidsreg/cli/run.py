@@ -171,11 +171,12 @@ def _shipped_model(args: argparse.Namespace) -> Path | None:
 def _check_model(path: Path, method: str) -> Path:
     """A finished checkpoint of the kind ``method`` needs (65 otherwise)."""
     from ..methods import TABLE
+    from ..nn.checkpoint import has_global_stage
 
-    training = _read_checkpoint(path)["training"]
-    if not training.get("complete"):
+    payload = _read_checkpoint(path)
+    if not payload["training"].get("complete"):
         raise InputError(f"{path}: this training is unfinished; run the train level again to finish it")
-    one_stage = not training["config"].get("global_stage", True)
+    one_stage = not has_global_stage(payload)
     if one_stage != (TABLE[method].model == "one-stage"):
         kind = "one-stage (voxelmorph)" if one_stage else "two-stage (cnn)"
         raise InputError(f"{path}: a {kind} checkpoint cannot run the {method} method; give the model trained with "
@@ -210,6 +211,7 @@ def run_train(args: argparse.Namespace) -> int:
     import torch
 
     from ..bids.layout import collect_t1w, select_subjects
+    from ..methods import TABLE
     from ..nn.model_card import write_model_card
     from ..nn.train import TrainConfig, train
 
@@ -228,7 +230,7 @@ def run_train(args: argparse.Namespace) -> int:
     _prepare_output(args.output_dir, args.bids_dir)
     torch.set_num_threads(max(args.nprocs, args.omp_nthreads))
     for method in networks:
-        one_stage = method == "voxelmorph"
+        one_stage = TABLE[method].model == "one-stage"
         checkpoint = args.output_dir / "models" / f"{MODEL_NAMES[method]}.pt"
         config = TrainConfig(affine_steps=0 if one_stage else args.affine_steps, deformable_steps=args.deformable_steps,
                              seed=args.seed, global_stage=not one_stage)

@@ -17,7 +17,7 @@ import torch
 from ..atomic import atomic_output
 from .networks import AffineNet, DeformableNet
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "build_networks"]
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "build_networks", "has_global_stage"]
 
 FORMAT = "bidsreg-checkpoint"
 VERSION = 2
@@ -66,3 +66,9 @@ def build_networks(payload: dict[str, Any]) -> tuple[AffineNet, DeformableNet]:
     affine.load_state_dict(payload["state"]["affine"])
     deformable.load_state_dict(payload["state"]["deformable"])
     return affine.eval(), deformable.eval()
+
+
+def has_global_stage(payload: dict[str, Any]) -> bool:
+    """Whether a checkpoint's global network was trained (two-stage ``cnn``; False: one-stage
+    ``voxelmorph``). Checkpoints written before one-stage training existed are two-stage."""
+    return bool(payload["training"]["config"].get("global_stage", True))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_output
+from .checkpoint import has_global_stage
 
 __all__ = ["write_model_card"]
 
@@ -66,7 +67,7 @@ def write_model_card(
         "GeneratedBy": {"Name": "bidsreg", "Version": __version__},
         "Method": "two-stage unsupervised registration CNN: global affine network (squared global NCC), "
                   "then U-Net displacement field (local NCC over 9^3 windows + gradient smoothness)"
-                  if training["config"].get("global_stage", True) else
+                  if has_global_stage(payload) else
                   "one-stage unsupervised registration CNN (voxelmorph): U-Net displacement field (local NCC over 9^3 "
                   "windows + gradient smoothness) on centre-of-mass aligned pairs, no affine network",
         "TrainingData": {"Dataset": str(dataset), "Subjects": [f"sub-{s}" for s in subjects],
