@@ -6,7 +6,8 @@ import json
 import pytest
 from bids import BIDSLayout
 
-from bidsreg.bids.derivatives import derivative_path, space_label
+from bidsreg import __version__
+from bidsreg.bids.derivatives import derivative_path, generated_by, space_label
 
 
 @pytest.mark.parametrize(
@@ -16,6 +17,25 @@ from bidsreg.bids.derivatives import derivative_path, space_label
 )
 def test_space_label(fixed, label):
     assert space_label(fixed) == label
+
+
+@pytest.mark.parametrize(
+    "environment, container",
+    [({}, None),
+     ({"BIDSREG_CONTAINER": "bidsreg:0.1.0"}, {"Type": "docker", "Tag": "bidsreg:0.1.0"}),
+     ({"BIDSREG_CONTAINER": "bidsreg:0.1.0", "APPTAINER_CONTAINER": "/x/bidsreg.sif"},
+      {"Type": "singularity", "Tag": "bidsreg:0.1.0"}),
+     ({"BIDSREG_CONTAINER": "bidsreg:0.1.0", "SINGULARITY_NAME": "bidsreg.sif"}, {"Type": "singularity", "Tag": "bidsreg:0.1.0"})],
+    ids=["host", "docker", "apptainer", "singularity"],
+)
+def test_generated_by_names_the_container_inside_one(monkeypatch, environment, container):
+    for key in ("BIDSREG_CONTAINER", "APPTAINER_CONTAINER", "SINGULARITY_CONTAINER", "APPTAINER_NAME", "SINGULARITY_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    entry = generated_by()
+    assert entry["Name"] == "bidsreg" and entry["Version"] == __version__
+    assert entry.get("Container") == container
 
 
 def test_names_of_conventions_and_pybids_reads_them_back(tmp_path):

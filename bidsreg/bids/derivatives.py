@@ -18,13 +18,28 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["ENTITY_ORDER", "derivative_path", "sidecar_path", "space_label"]
+__all__ = ["ENTITY_ORDER", "derivative_path", "generated_by", "sidecar_path", "space_label"]
 
 #: BIDS entity keys in filename order (those bidsreg writes).
 #: ``mode`` follows ``desc`` as CONVENTIONS.md writes transform names.
 ENTITY_ORDER = ("sub", "ses", "acq", "ce", "rec", "run", "from", "to", "space", "seg", "desc", "mode")
 _LONG = {"subject": "sub", "session": "ses", "acquisition": "acq", "ceagent": "ce", "reconstruction": "rec"}
 _VALUE = re.compile(r"^[A-Za-z0-9]+$")
+
+
+def generated_by() -> dict:
+    """The ``GeneratedBy`` entry of bidsreg's outputs: name, version and, inside bidsreg's
+    container, ``Container`` (``Type`` singularity under Apptainer/Singularity, else docker;
+    ``Tag`` from ``BIDSREG_CONTAINER``, which the Dockerfile sets)."""
+    from .. import __version__
+
+    entry: dict = {"Name": "bidsreg", "Version": __version__}
+    tag = os.environ.get("BIDSREG_CONTAINER")
+    if tag:
+        singularity = any(os.environ.get(key) for key in ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER",
+                                                          "APPTAINER_NAME", "SINGULARITY_NAME"))
+        entry["Container"] = {"Type": "singularity" if singularity else "docker", "Tag": tag}
+    return entry
 
 
 def space_label(fixed: str | os.PathLike) -> str:

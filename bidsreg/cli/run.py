@@ -16,8 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from .. import __version__, exit_codes
+from .. import exit_codes
 from ..atomic import atomic_output
+from ..bids.derivatives import generated_by
 from ..errors import InputError, MissingInputError, NoFilesSelectedError, OutputError
 from .parser import parse_args
 
@@ -70,10 +71,7 @@ def _prepare_output(output_dir: Path, bids_dir: Path) -> None:
             "Name": "bidsreg registrations",
             "BIDSVersion": "1.9.0",
             "DatasetType": "derivative",
-            "GeneratedBy": [{"Name": "bidsreg", "Version": __version__,
-                             **({"Container": {"Type": "singularity" if os.environ.get("SINGULARITY_NAME") else "docker",
-                                               "Tag": os.environ.get("BIDSREG_CONTAINER", "")}}
-                                if os.environ.get("BIDSREG_CONTAINER") else {})}],
+            "GeneratedBy": [generated_by()],
             "SourceDatasets": [{"URL": bids_dir.as_uri()}],
         }
         with atomic_output(output_dir / "dataset_description.json") as tmp:
@@ -285,6 +283,7 @@ def run_participant(args: argparse.Namespace) -> int:
 
     from ..bids.layout import collect_t1w, fixed_image, select_subjects
     from ..group.collect import collect
+    from ..workflows.execution import SLURM_PLUGINS, prepare_slurm
     from ..workflows.participant import RunSettings, init_participant_wf, workflow_name
 
     if args.fixed is None:
@@ -340,13 +339,21 @@ def run_participant(args: argparse.Namespace) -> int:
         plugin_args.setdefault("n_procs", args.nprocs)
         if args.mem_gb:
             plugin_args.setdefault("memory_gb", args.mem_gb)
-    LOGGER.info("registering %d image(s) to %s with %s (%s plugin)", len(inputs), fixed.source,
-                ", ".join(args.methods), args.plugin)
+    jobs = ""
+    if args.plugin in SLURM_PLUGINS:
+        jobs = f", {prepare_slurm(workflow, args.plugin, plugin_args)} sbatch jobs"
+    LOGGER.info("registering %d image(s) to %s with %s (%s plugin%s)", len(inputs), fixed.source,
+                ", ".join(args.methods), args.plugin, jobs)
     try:
         workflow.run(plugin=args.plugin, plugin_args=plugin_args)
     except RuntimeError as error:
         LOGGER.error("%s; crash reports in %s; rerun the same command to resume", error, work_dir / "crash")
         return exit_codes.FAILURE
+    if args.plugin == "SLURMGraph":  # the plugin submits the whole graph and returns at once
+        LOGGER.info("submitted to SLURM with job dependencies; the outputs appear in %s as the jobs end (squeue --me); "
+                    "after a failure, the same command resumes; once all ended: 'bidsreg %s %s group'",
+                    args.output_dir, args.bids_dir, args.output_dir)
+        return exit_codes.OK
     table, _ = collect(args.output_dir)
     chosen = table[table["subject"].isin(subjects)]
     if not chosen.empty:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_output
+from ..bids.derivatives import generated_by
 from .checkpoint import has_global_stage
 
 __all__ = ["write_model_card"]
@@ -54,8 +55,6 @@ def write_model_card(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .. import __version__
-
     checkpoint = Path(checkpoint)
     training = payload["training"]
     history = training["history"]
@@ -64,7 +63,7 @@ def write_model_card(
         "Name": checkpoint.stem,
         "Checkpoint": checkpoint.name,
         "SHA256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
-        "GeneratedBy": {"Name": "bidsreg", "Version": __version__},
+        "GeneratedBy": generated_by(),
         "Method": "two-stage unsupervised registration CNN: global affine network (squared global NCC), "
                   "then U-Net displacement field (local NCC over 9^3 windows + gradient smoothness)"
                   if has_global_stage(payload) else

@@ -1,0 +1,77 @@
+"""Running a workflow on a SLURM cluster: each node's own batch options from its estimates.
+
+Nipype's SLURM plugins (``SLURM``: a job per node as it becomes ready; ``SLURMGraph``: the whole
+graph submitted at once with job dependencies) pass the same ``sbatch_args`` to every job and
+do not turn a node's ``mem_gb`` and ``n_procs`` into batch options themselves. Here every node
+gets ``--mem`` and ``--cpus-per-task`` from its own estimates (the registration nodes' come from
+the method table), unless the run's ``sbatch_args`` already choose them: the user's choice wins.
+The nodes that only file outputs or gather reports run inside the submitting process instead
+of as jobs of their own (with ``SLURM``; ``SLURMGraph`` submits every node).
+"""
+from __future__ import annotations
+
+import getpass
+import math
+import os
+import re
+
+from nipype.interfaces.utility import Merge
+from nipype.pipeline import engine as pe
+
+from ..interfaces.derivatives import DerivativesSink
+
+__all__ = ["SLURM_PLUGINS", "MIN_JOB_GB", "node_sbatch_args", "prepare_slurm"]
+
+#: The Nipype plugins that submit jobs with sbatch.
+SLURM_PLUGINS = ("SLURM", "SLURMGraph")
+#: Memory of any job (GB): a Python process with Nipype and bidsreg imported, for the nodes
+#: whose own estimate (Nipype's default 0.2 GB) is below it.
+MIN_JOB_GB = 1.0
+#: Nodes too light for a job of their own: they copy files or gather lists.
+_IN_PROCESS = (DerivativesSink, Merge)
+_MEMORY = re.compile(r"(^|\s)--mem(-per-cpu|-per-gpu)?[=\s]")
+_CPUS = re.compile(r"(^|\s)(--cpus-per-task[=\s]|-c\s*\d)")
+
+
+def node_sbatch_args(mem_gb: float, n_procs: int, sbatch_args: str = "") -> str:
+    """The sbatch options of one job: ``--mem`` (MB, at least :data:`MIN_JOB_GB`) and
+    ``--cpus-per-task`` from the node's estimates, each left out where ``sbatch_args`` (the
+    run's options, given to every job) already sets it.
+
+    >>> node_sbatch_args(2.5, 4)
+    '--mem=2560M --cpus-per-task=4'
+    >>> node_sbatch_args(0.2, 1, "--time=1:00:00 --mem=16G")
+    '--cpus-per-task=1'
+    """
+    if mem_gb <= 0 or n_procs < 1:
+        raise ValueError(f"a job needs memory > 0 and at least one CPU (got {mem_gb} GB, {n_procs} CPUs)")
+    options = []
+    if not _MEMORY.search(sbatch_args):
+        options.append(f"--mem={math.ceil(max(mem_gb, MIN_JOB_GB) * 1024)}M")
+    if not _CPUS.search(sbatch_args):
+        options.append(f"--cpus-per-task={int(n_procs)}")
+    return " ".join(options)
+
+
+def prepare_slurm(workflow: pe.Workflow, plugin: str, plugin_args: dict) -> int:
+    """Set every node's ``plugin_args`` for a run of ``workflow`` with a SLURM ``plugin``.
+
+    Also sets ``LOGNAME`` where it is unset (the plugin names jobs after it; batch
+    environments and containers often lack it). Returns the number of nodes that will be
+    submitted as jobs.
+    """
+    if plugin not in SLURM_PLUGINS:
+        raise ValueError(f"{plugin}: not a SLURM plugin ({', '.join(SLURM_PLUGINS)})")
+    os.environ.setdefault("LOGNAME", getpass.getuser())
+    sbatch_args = str(plugin_args.get("sbatch_args", ""))
+    jobs = 0
+    for name in workflow.list_node_names():
+        node = workflow.get_node(name)
+        if plugin == "SLURM" and isinstance(node.interface, _IN_PROCESS):
+            node.run_without_submitting = True
+            continue
+        options = node_sbatch_args(node.mem_gb, node.n_procs, sbatch_args)
+        if options:  # appended to the run's sbatch_args (SLURMGraph joins them with no space)
+            node.plugin_args = {**node.plugin_args, "sbatch_args": " " + options}
+        jobs += 1
+    return jobs
