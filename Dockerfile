@@ -11,7 +11,8 @@
 #                    alone (a wheel file, or PyPI's x86_64 torch: a CUDA build of several GB)
 #   PIP_CERT         a CA bundle put into docker/extra/ (/tmp/extra/<file>) for pip behind a
 #                    TLS-intercepting proxy; "" for the image's own
-#   BIDSREG_TAG      the image's tag, written into the outputs' GeneratedBy.Container
+#   BIDSREG_TAG      the image's tag, written into the outputs' GeneratedBy.Container (default:
+#                    bidsreg's version, as in the commands above and the Singularity recipe)
 ARG BASE_IMAGE=debian:bookworm-slim
 
 FROM ${BASE_IMAGE} AS build
@@ -35,7 +36,7 @@ RUN /opt/venv/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} /src \
     && /opt/venv/bin/python -c "import bidsreg.data, torch; print('bidsreg', bidsreg.__version__, 'torch', torch.__version__)"
 
 FROM ${BASE_IMAGE}
-ARG BIDSREG_TAG=latest
+ARG BIDSREG_TAG=0.1.0
 LABEL org.opencontainers.image.title="bidsreg" \
       org.opencontainers.image.description="Two-stage unsupervised CNN registration of 3D brain MRI, benchmarked against ANTs (BIDS-App)" \
       org.opencontainers.image.licenses="Apache-2.0"
@@ -48,8 +49,8 @@ RUN apt-get update \
     && chmod a+rwx /home/bidsreg
 COPY --from=build /opt/venv /opt/venv
 COPY workflows /opt/bidsreg/workflows
-# BIDSREG_CONTAINER fills GeneratedBy.Container of the derivatives; HOME is writable for any
-# --user (docker run --user, Singularity's own user), MPLCONFIGDIR keeps matplotlib off it.
+# BIDSREG_CONTAINER fills GeneratedBy.Container of the derivatives. HOME is writable for any
+# user (docker run --user); matplotlib's cache goes to /tmp, wherever HOME is.
 ENV PATH=/opt/venv/bin:$PATH \
     BIDSREG_CONTAINER=bidsreg:${BIDSREG_TAG} \
     HOME=/home/bidsreg \

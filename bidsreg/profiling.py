@@ -23,25 +23,52 @@ class Usage:
     seconds : float
         Wall-clock time of the block.
     peak_memory_mb : float
-        Largest resident set size of the process during the block (MB), sampled every
-        ``interval`` s; where /proc is missing, the process's lifetime maximum instead.
+        Largest resident set size of the process and its child processes together during the
+        block (MB; elastix and transformix run as children), sampled every ``interval`` s;
+        where /proc is missing, the process's lifetime maximum instead.
     """
 
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
 
 
-def _rss_bytes() -> int | None:
+def _rss_bytes(pid: int | str = "self") -> int | None:
     try:
-        with open("/proc/self/statm") as handle:
+        with open(f"/proc/{pid}/statm") as handle:
             return int(handle.read().split()[1]) * _PAGE
-    except OSError:
+    except (OSError, IndexError, ValueError):  # no /proc, or the process just ended
         return None
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (those of each of its threads)."""
+    children: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                children.extend(int(child) for child in handle.read().split())
+    except OSError:
+        pass
+    return children
+
+
+def _tree_rss_bytes() -> int | None:
+    """Resident set size of this process and all its descendants (None without /proc)."""
+    total = _rss_bytes()
+    if total is None:
+        return None
+    pending = _children(os.getpid())
+    while pending:
+        pid = pending.pop()
+        total += _rss_bytes(pid) or 0
+        pending.extend(_children(pid))
+    return total
 
 
 @contextmanager
 def measure(interval: float = 0.05) -> Iterator[Usage]:
-    """Time a block and sample its peak memory (a process-wide RSS, so one step per process).
+    """Time a block and sample its peak memory (the RSS of the process and its children, so
+    one step per process).
 
     Examples
     --------
@@ -51,11 +78,11 @@ def measure(interval: float = 0.05) -> Iterator[Usage]:
     True
     """
     usage, stop = Usage(), threading.Event()
-    peak = [_rss_bytes() or 0]
+    peak = [_tree_rss_bytes() or 0]
 
     def sample() -> None:
         while not stop.wait(interval):
-            peak[0] = max(peak[0], _rss_bytes() or 0)
+            peak[0] = max(peak[0], _tree_rss_bytes() or 0)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -66,7 +93,7 @@ def measure(interval: float = 0.05) -> Iterator[Usage]:
         usage.seconds = time.perf_counter() - tick
         stop.set()
         sampler.join()
-        last = _rss_bytes()
+        last = _tree_rss_bytes()
         if last is None:  # no /proc: the lifetime maximum (kB on Linux, bytes on macOS)
             usage.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         else:

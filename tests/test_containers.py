@@ -46,6 +46,7 @@ def test_dockerfile_runs_bidsreg_as_a_user_with_the_weights_and_elastix():
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and user[-1].split(":")[0] not in ("root", "0")
     assert "BIDSREG_CONTAINER=" in text and " elastix" in text
+    assert re.search(rf"^ARG BIDSREG_TAG={re.escape(__version__)}$", text, re.M), "the default tag is the version"
     # the weights travel as package data of the installed wheel
     assert "data/*.pt" in (REPO / "setup.cfg").read_text()
 
@@ -114,7 +115,7 @@ def test_image_registers_a_read_only_dataset_and_reports(image, tmp_path):
     _docker("run", "--rm", *mounts, image, "/data", "/out", "group")
     description = json.loads((out / "dataset_description.json").read_text())
     container = description["GeneratedBy"][0]["Container"]
-    assert container["Type"] == "docker" and container["Tag"].startswith("bidsreg:")
+    assert container == {"Type": "docker", "Tag": f"bidsreg:{__version__}"}
     for subject in ("02", "03"):
         anat = out / f"sub-{subject}" / "anat"
         for method in ("cnn", "antsaffine", "bspline"):

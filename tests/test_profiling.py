@@ -1,6 +1,8 @@
 """Time and peak memory of a step (bidsreg.profiling)."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -17,3 +19,11 @@ def test_measure_sees_a_short_lived_allocation():
         del block
     assert small.seconds >= 0.1 and large.seconds >= 0.1
     assert large.peak_memory_mb > small.peak_memory_mb + 250
+
+
+def test_measure_counts_child_processes():
+    """elastix and transformix run as child processes: their memory is the step's too."""
+    allocate = "import time; block = bytearray(300 * 2**20); time.sleep(0.5)"
+    with measure(interval=0.01) as usage:
+        subprocess.run([sys.executable, "-c", allocate], check=True)
+    assert usage.peak_memory_mb > 300

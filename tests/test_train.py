@@ -12,7 +12,6 @@ import torch
 
 from bidsreg.image import load_volume
 from bidsreg.nn.checkpoint import FORMAT, VERSION, build_networks, load_checkpoint, save_checkpoint
-from bidsreg.nn.networks import AffineNet, DeformableNet
 from bidsreg.nn.train import TrainConfig, random_affine, train
 from bidsreg.preprocess import NetworkGrid, PreprocessConfig, prepare_image, translation
 from bidsreg.registration import RegistrationModel, global_world_map, register
