@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -553,3 +554,23 @@ def test_two_stages_run_apart_give_the_same_result(phantom_files, trained_model)
 def test_register_refuses_a_singular_global_map(phantom_files, untrained_model):
     with pytest.raises(ValueError, match="invertible"):
         register(phantom_files["fixed"], phantom_files["moving"], untrained_model, affine=np.zeros((4, 4)))
+
+
+
+def test_a_network_node_run_in_process_keeps_the_callers_thread_count(phantom_files, tmp_path, monkeypatch):
+    """The CNN interfaces run torch on their num_threads and give the caller its own back
+    (Nipype's Linear plugin and library use run nodes in the calling process)."""
+    from bidsreg.data import DEFAULT_MODEL
+    from bidsreg.interfaces.registration import CNNGlobal
+
+    monkeypatch.chdir(tmp_path)
+    before = torch.get_num_threads()
+    caller = 2 if before != 2 else 1
+    torch.set_num_threads(caller)
+    try:
+        result = CNNGlobal(fixed=phantom_files["fixed"], moving=phantom_files["moving"], model=str(DEFAULT_MODEL),
+                           num_threads=3 - caller).run()
+        assert torch.get_num_threads() == caller
+    finally:
+        torch.set_num_threads(before)
+    assert Path(result.outputs.forward_transform).is_file()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 
 import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
@@ -81,13 +82,20 @@ def _cnn_parameters(inputs) -> dict:
     return {"model": os.path.basename(inputs.model), "device": inputs.device, "instance_steps": inputs.instance_steps}
 
 
-def _load_model(inputs):
+@contextmanager
+def _network(inputs):
+    """The model, with torch on ``num_threads`` threads until the block ends (a node run in
+    the calling process must not change its thread count for what runs next)."""
     import torch
 
     from ..registration import RegistrationModel
 
+    before = torch.get_num_threads()
     torch.set_num_threads(inputs.num_threads)
-    return RegistrationModel.from_checkpoint(inputs.model, inputs.device)
+    try:
+        yield RegistrationModel.from_checkpoint(inputs.model, inputs.device)
+    finally:
+        torch.set_num_threads(before)
 
 
 class CNNGlobal(SimpleInterface):
@@ -99,8 +107,7 @@ class CNNGlobal(SimpleInterface):
     def _run_interface(self, runtime):
         from ..registration import register_global
 
-        model = _load_model(self.inputs)
-        with measure() as usage:
+        with _network(self.inputs) as model, measure() as usage:
             result = register_global(self.inputs.fixed, self.inputs.moving, model,
                                      global_instance_steps=self.inputs.instance_steps)
         _write_outputs(self._results, "cnnaffine", result.affine, None, None, None, usage, _cnn_parameters(self.inputs))
@@ -116,11 +123,10 @@ class CNNLocal(SimpleInterface):
     def _run_interface(self, runtime):
         from ..registration import register
 
-        model = _load_model(self.inputs)
         affine, _, _ = read_composite(self.inputs.global_transform)
         with open(self.inputs.global_report) as handle:
             global_seconds = json.load(handle)["seconds"]
-        with measure() as usage:
+        with _network(self.inputs) as model, measure() as usage:
             result = register(self.inputs.fixed, self.inputs.moving, model, affine=affine, inverse=True,
                               local_instance_steps=self.inputs.instance_steps)
         _write_outputs(  # seconds of both stages: what the user waits for
@@ -139,8 +145,7 @@ class CNNOneStage(SimpleInterface):
     def _run_interface(self, runtime):
         from ..registration import register
 
-        model = _load_model(self.inputs)
-        with measure() as usage:
+        with _network(self.inputs) as model, measure() as usage:
             result = register(self.inputs.fixed, self.inputs.moving, model, inverse=True,
                               local_instance_steps=self.inputs.instance_steps)
         _write_outputs(self._results, "voxelmorph", result.affine, result.displacement, result.inverse_displacement,
