@@ -298,7 +298,21 @@ def test_save_checkpoint_is_atomic_and_tagged(tmp_path):
 def test_stage_one_recovers_a_known_affine(phantom, phantom_files, known_map, make_config, affine_training, tmp_path):
     """8° rotation, 4 mm shift and 5 % scaling, recovered to within 2 mm (half a grid voxel,
     2/3 of an image voxel) everywhere in the brain by 500 steps of stage 1 on the pair (no
-    augmentation: it only has to learn both directions). Seeds 0-3 give 0.3-0.9 mm at most."""
+    augmentation: it only has to learn both directions). Seeds 0-3 give 0.3-0.9 mm at most.
+
+    On one torch thread, whatever ran before: a training is repeatable only for a given thread
+    count, and the bound on the average of both directions after this brief training holds
+    with one thread, not with two (the test depended on the order of the suite until the CNN
+    interfaces stopped leaving their thread count behind)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _recover_known_affine(phantom, phantom_files, known_map, make_config, affine_training, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _recover_known_affine(phantom, phantom_files, known_map, make_config, affine_training, tmp_path):
     path = tmp_path / "affine.pt"
     config = make_config(**affine_training, deformable_steps=0)
     history = train([phantom_files["fixed"], phantom_files["moving"]], path, config, device="cpu", progress=False)
