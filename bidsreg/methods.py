@@ -111,7 +111,7 @@ TABLE: dict[str, Method] = {method.name: method for method in (
            model="two-stage", reports=("cnnaffine",), text=_CNN_TEXT),
     Method("antsaffine", "antspyx Affine", False, 1.8, function="bidsreg.baselines:ants_register",
            keywords={"method": "antsaffine"}, text=_ANTS_TEXT),
-    Method("bspline", "antspyx Affine, then an elastix B-spline free-form deformation", True, 3.0,
+    Method("bspline", "antspyx Affine, then an elastix B-spline free-form deformation", True, 2.0,
            function="bidsreg.bspline:bspline_register", config="bidsreg.bspline:BSplineConfig",
            check="bidsreg.bspline:find_elastix",
            text="The bspline baseline refines the antsaffine result with a free-form deformation on a cubic B-spline "
