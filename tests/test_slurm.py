@@ -35,6 +35,11 @@ def _jobs() -> dict[str, dict[str, str]]:
     return {job["JobId"]: job for job in jobs}
 
 
+def _megabytes(text: str) -> float:
+    """A SLURM memory figure (``1844M``, ``2G``) in MB."""
+    return float(text[:-1]) * {"M": 1, "G": 1024, "T": 1024**2}[text[-1]]
+
+
 @pytest.fixture(scope="module")
 def cluster() -> None:
     missing = [tool for tool in ("sbatch", "squeue", "scontrol") if shutil.which(tool) is None]
@@ -74,7 +79,7 @@ def test_participant_level_runs_as_completed_slurm_jobs(cluster, dataset, plugin
     registrations = [job for job in jobs.values() if "register_antsaffine" in job["JobName"]]
     assert len(registrations) == 2
     memory = math.ceil(max(TABLE["antsaffine"].memory_gb, MIN_JOB_GB) * 1024)
-    assert all(job["MinMemoryNode"] == f"{memory}M" and job["TimeLimit"] == "00:30:00" for job in registrations)
+    assert all(_megabytes(job["MinMemoryNode"]) == memory and job["TimeLimit"] == "00:30:00" for job in registrations)
     for subject in ("02", "03"):
         anat = out / f"sub-{subject}" / "anat"
         for method in methods.split(","):

@@ -24,9 +24,10 @@ __all__ = ["SLURM_PLUGINS", "MIN_JOB_GB", "node_sbatch_args", "prepare_slurm"]
 
 #: The Nipype plugins that submit jobs with sbatch.
 SLURM_PLUGINS = ("SLURM", "SLURMGraph")
-#: Memory of any job (GB): a Python process with Nipype and bidsreg imported, for the nodes
-#: whose own estimate (Nipype's default 0.2 GB) is below it.
-MIN_JOB_GB = 1.0
+#: Memory of any job (GB), for the nodes whose own estimate (Nipype's default 0.2 GB) is below
+#: it: warping a 1 mm brain through a deformable transform peaks at 1.2 GB, the whole process
+#: (OASIS-TRT-20 sub-10 to sub-09; the Jacobian 0.95 GB, the overlaps 0.35 GB).
+MIN_JOB_GB = 2.0
 #: Nodes too light for a job of their own: they copy files or gather lists.
 _IN_PROCESS = (DerivativesSink, Merge)
 _MEMORY = re.compile(r"(^|\s)--mem(-per-cpu|-per-gpu)?[=\s]")
