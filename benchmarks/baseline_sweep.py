@@ -26,10 +26,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, TRAIN_SUBJECTS, cache_dir, label_dice, labels, oasis_dir, t1w, write_json  # noqa: E402
 
-from bidsreg.baselines import ants_register, config_parameters, refine_affine  # noqa: E402
-from bidsreg.bspline import BSplineConfig, bspline_field  # noqa: E402
-from bidsreg.demons import DemonsConfig, demons_field  # noqa: E402
 from bidsreg.image import load_volume  # noqa: E402
+from bidsreg.methods.ants import register_affine  # noqa: E402
+from bidsreg.methods.base import Context, config_parameters  # noqa: E402
+from bidsreg.methods.bspline import BSplineConfig, bspline_field  # noqa: E402
+from bidsreg.methods.demons import DemonsConfig, demons_field  # noqa: E402
+from bidsreg.methods.refine import refine_affine  # noqa: E402
 from bidsreg.metrics import jacobian_stats, world_jacobian_determinant  # noqa: E402
 
 #: The variants: each changes one parameter of the default. The defaults are the variant with the
@@ -63,9 +65,10 @@ def main(argv=None) -> int:
         fixed_volume = load_volume(fixed_path)
         fixed_labels = load_volume(labels(data, fixed), labels=True)
         moving_labels = load_volume(labels(data, moving), labels=True)
-        start = ants_register(fixed_path, moving_path, "antsaffine", threads=args.threads)
+        context = Context(threads=args.threads)
+        start = register_affine(fixed_path, moving_path, context=context)
         pair = f"{moving}to{fixed}"
-        results.setdefault("antsaffine", {})[pair] = {"dice": label_dice(moving_labels, fixed_labels, start.affine),
+        results.setdefault("antsaffine", {})[pair] = {"dice": label_dice(moving_labels, fixed_labels, start.transform),
                                                       "seconds": start.seconds}
         for method in args.methods:
             field = {"demons": demons_field, "bspline": bspline_field}[method]
@@ -77,11 +80,11 @@ def main(argv=None) -> int:
                     continue
                 extra = {"seed": 0, "threads": args.threads} if method == "bspline" else {}
                 tick = time.perf_counter()
-                result = refine_affine(fixed_path, moving_path, partial(field, config=config, **extra),
-                                       threads=args.threads, start=start)
-                stats = jacobian_stats(world_jacobian_determinant(result.displacement, result.reference_affine),
+                transform = refine_affine(fixed_path, moving_path, partial(field, config=config, **extra),
+                                          context=context, start=start).transform
+                stats = jacobian_stats(world_jacobian_determinant(transform.displacement, transform.field_affine),
                                        fixed_volume.data > 0)
-                row = {"dice": label_dice(moving_labels, fixed_labels, result.affine, result.displacement),
+                row = {"dice": label_dice(moving_labels, fixed_labels, transform),
                        "seconds": time.perf_counter() - tick, "folding_percent": stats["folding_percent"],
                        "sdlogj": stats["sdlogj"]}
                 write_json(path, row)

@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from bidsreg.atomic import atomic_output
-from bidsreg.image import Volume
+from bidsreg.image import Volume, load_volume
 from bidsreg.itk import read_displacement
+from bidsreg.methods.cnn import register_pair
+from bidsreg.methods.training import train_model
 from bidsreg.metrics import jacobian_stats, overlap_table, summarise, world_jacobian_determinant
-from bidsreg.nn.train import TrainConfig, train
-from bidsreg.registration import register
-from bidsreg.transforms import apply_transform
+from bidsreg.nn.grid import prepare_image, translation
+from bidsreg.nn.train import TrainConfig
+from bidsreg.transform import Transform
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SUBJECTS = [f"{i:02d}" for i in range(1, 9)]
@@ -51,7 +53,7 @@ def trained_checkpoint(data: Path, config: TrainConfig, device: str, cache: Path
     """Train on sub-01..08 (no labels) unless a finished checkpoint of this config is cached."""
     key = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
     path = (cache or cache_dir()) / f"oasis-train-{key}.pt"
-    train([t1w(data, s) for s in TRAIN_SUBJECTS], path, config, device=device)
+    train_model([t1w(data, s) for s in TRAIN_SUBJECTS], path, config, device=device)
     return path
 
 
@@ -66,28 +68,28 @@ def dice(warped: np.ndarray, fixed_labels: Volume) -> float:
     return summarise(overlap_table(warped, fixed_labels.data, spacing=fixed_labels.spacing))["dice"]
 
 
-def label_dice(moving_labels: Volume, fixed_labels: Volume, affine: np.ndarray, displacement=None) -> float:
+def label_dice(moving_labels: Volume, fixed_labels: Volume, transform: Transform) -> float:
     """:func:`dice` after warping ``moving_labels`` (nearest) onto the fixed labels' grid."""
-    warped = apply_transform(
-        moving_labels, fixed_labels.shape, fixed_labels.affine, affine, displacement, interpolation="nearest"
-    )
-    return dice(warped, fixed_labels)
+    return dice(transform.apply(moving_labels, fixed_labels.grid, nearest=True), fixed_labels)
 
 
 def cnn_pair(model, fixed_path, moving_path, fixed, fixed_labels, moving_labels, steps=(0, 0)) -> dict:
     """Dice of original / com / global / registered (+ folding, SDlogJ, seconds) of one CNN pair."""
     tick = time.perf_counter()
-    result = register(fixed_path, moving_path, model, global_instance_steps=steps[0], local_instance_steps=steps[1])
+    result = register_pair(fixed_path, moving_path, model, global_instance_steps=steps[0], local_instance_steps=steps[1])
     seconds = time.perf_counter() - tick
+    transform = result.transform
+    com = translation(prepare_image(load_volume(moving_path), model.preprocess).centre
+                      - prepare_image(fixed, model.preprocess).centre)
     out = {
-        "original": {"dice": label_dice(moving_labels, fixed_labels, np.eye(4))},
-        "com": {"dice": label_dice(moving_labels, fixed_labels, result.com_affine)},
-        "global": {"dice": label_dice(moving_labels, fixed_labels, result.affine), "seconds": seconds},
+        "original": {"dice": label_dice(moving_labels, fixed_labels, Transform(np.eye(4)))},
+        "com": {"dice": label_dice(moving_labels, fixed_labels, Transform(com))},
+        "global": {"dice": label_dice(moving_labels, fixed_labels, Transform(transform.affine)), "seconds": seconds},
     }
-    det = world_jacobian_determinant(result.displacement, fixed.affine)
+    det = world_jacobian_determinant(transform.displacement, transform.field_affine)
     stats = jacobian_stats(det, fixed.data > 0)
     out["registered"] = {
-        "dice": label_dice(moving_labels, fixed_labels, result.affine, result.displacement),
+        "dice": label_dice(moving_labels, fixed_labels, transform),
         "seconds": seconds,
         "folding_percent": stats["folding_percent"],
         "sdlogj": stats["sdlogj"],

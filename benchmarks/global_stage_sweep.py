@@ -32,10 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, cache_dir, label_dice, labels, oasis_dir, t1w, write_json  # noqa: E402
 
 from bidsreg.image import load_volume  # noqa: E402
+from bidsreg.methods.training import train_model  # noqa: E402
+from bidsreg.nn.affine_stage import global_world_map, symmetric_world_map  # noqa: E402
 from bidsreg.nn.checkpoint import build_networks, load_checkpoint  # noqa: E402
-from bidsreg.nn.train import TrainConfig, train  # noqa: E402
-from bidsreg.preprocess import prepare_image  # noqa: E402
-from bidsreg.registration import global_world_map, symmetric_world_map  # noqa: E402
+from bidsreg.nn.grid import prepare_image  # noqa: E402
+from bidsreg.nn.train import TrainConfig  # noqa: E402
+from bidsreg.transform import Transform  # noqa: E402
 
 SWEEP_TRAIN = ["01", "02", "03", "04", "05", "06"]
 PAIRS = (
@@ -69,7 +71,7 @@ def main(argv=None) -> int:
     for until in steps:
         snapshot = checkpoint.with_name(f"{checkpoint.stem}-at-{until}.pt")
         if not snapshot.is_file():
-            payload = train([t1w(data, s) for s in SWEEP_TRAIN], checkpoint, config, device="cpu", until=until, progress=False)
+            payload = train_model([t1w(data, s) for s in SWEEP_TRAIN], checkpoint, config, device="cpu", until=until, progress=False)
             if payload["training"]["steps"] != until:
                 raise SystemExit(f"{checkpoint} is past {until} steps without a snapshot; delete it to sweep again")
             shutil.copyfile(checkpoint, snapshot)
@@ -81,11 +83,11 @@ def main(argv=None) -> int:
                 stage = symmetric_world_map(affine_net, f, m, config.preprocess)
                 forward = global_world_map(affine_net, stage.grid, stage.fixed, m, stage.com)
             if (fixed, moving) not in com_dice:
-                com_dice[fixed, moving] = label_dice(label_maps[moving], label_maps[fixed], stage.com)
+                com_dice[fixed, moving] = label_dice(label_maps[moving], label_maps[fixed], Transform(stage.com))
             pairs[f"sub-{moving}->sub-{fixed}"] = {
                 "com": com_dice[fixed, moving],
-                "forward": label_dice(label_maps[moving], label_maps[fixed], forward),
-                "global": label_dice(label_maps[moving], label_maps[fixed], stage.world_map),
+                "forward": label_dice(label_maps[moving], label_maps[fixed], Transform(forward)),
+                "global": label_dice(label_maps[moving], label_maps[fixed], Transform(stage.world_map)),
             }
         means = {key: float(np.mean([p[key] for p in pairs.values()])) for key in ("com", "forward", "global")}
         better = sum(p["global"] > p["com"] for p in pairs.values())

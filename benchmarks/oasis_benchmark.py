@@ -41,8 +41,8 @@ from common import (  # noqa: E402
 )
 
 from bidsreg.image import load_volume  # noqa: E402
+from bidsreg.nn.model import RegistrationModel  # noqa: E402
 from bidsreg.nn.train import TrainConfig  # noqa: E402
-from bidsreg.registration import RegistrationModel  # noqa: E402
 
 
 def _cached(path: Path, compute) -> dict:

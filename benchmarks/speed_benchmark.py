@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, oasis_dir, t1w, write_json  # noqa: E402
 
 from bidsreg.image import load_volume, save_volume  # noqa: E402
-from bidsreg.itk import write_composite  # noqa: E402
+from bidsreg.methods.cnn import register_pair  # noqa: E402
+from bidsreg.methods.training import train_model  # noqa: E402
 from bidsreg.nn.checkpoint import load_checkpoint  # noqa: E402
-from bidsreg.nn.train import TrainConfig, train  # noqa: E402
-from bidsreg.registration import RegistrationModel, register  # noqa: E402
-from bidsreg.transforms import apply_transform  # noqa: E402
+from bidsreg.nn.model import RegistrationModel  # noqa: E402
+from bidsreg.nn.train import TrainConfig  # noqa: E402
 
 
 def _pair(tmp: Path) -> tuple[Path, Path, str]:
@@ -55,13 +55,12 @@ def _pair(tmp: Path) -> tuple[Path, Path, str]:
 
 def _time_registration(model, fixed: Path, moving: Path, out: Path, global_steps: int) -> dict:
     tick = time.perf_counter()
-    result = register(fixed, moving, model, inverse=True, global_instance_steps=global_steps)
-    write_composite(out / "fwd.h5", result.affine, result.displacement, result.fixed_affine)
-    write_composite(out / "inv.h5", result.affine, result.inverse_displacement, result.fixed_affine, inverse=True)
-    warped = apply_transform(load_volume(moving), result.fixed_shape, result.fixed_affine, result.affine, result.displacement)
-    save_volume(out / "warped.nii.gz", warped, result.fixed_affine)
+    result = register_pair(fixed, moving, model, inverse=True, global_instance_steps=global_steps)
+    result.transform.write(out / "fwd.h5", out / "inv.h5")
+    grid = result.transform.field_grid
+    save_volume(out / "warped.nii.gz", result.transform.apply(load_volume(moving), grid), grid.affine)
     total = time.perf_counter() - tick
-    return {"total": total, **result.seconds, "write_and_warp": total - sum(result.seconds.values())}
+    return {"total": total, **result.steps, "write_and_warp": total - sum(result.steps.values())}
 
 
 def main(argv=None) -> int:
@@ -77,7 +76,7 @@ def main(argv=None) -> int:
         fixed, moving, what = _pair(tmp)
         checkpoint = Path(args.model) if args.model else tmp / "untrained.pt"
         if not args.model:
-            train([fixed, moving], checkpoint, TrainConfig(affine_steps=0, deformable_steps=0), device="cpu", progress=False)
+            train_model([fixed, moving], checkpoint, TrainConfig(affine_steps=0, deformable_steps=0), device="cpu", progress=False)
         model = RegistrationModel.from_checkpoint(checkpoint, "cpu")
         runs = [_time_registration(model, fixed, moving, tmp, args.global_instance_steps) for _ in range(args.repeats)]
         peak_register = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
@@ -86,11 +85,11 @@ def main(argv=None) -> int:
         for stage, steps in (("affine", (3, 0)), ("deformable", (0, 3))):
             path = tmp / f"{stage}.pt"
             tick = time.perf_counter()
-            train([fixed, moving], path, TrainConfig(affine_steps=steps[0], deformable_steps=steps[1]), device="cpu", progress=False)
+            train_model([fixed, moving], path, TrainConfig(affine_steps=steps[0], deformable_steps=steps[1]), device="cpu", progress=False)
             # subtract loading the cohort, timed by a 0-step run
             zero = tmp / f"{stage}0.pt"
             tock = time.perf_counter()
-            train([fixed, moving], zero, TrainConfig(affine_steps=0, deformable_steps=0), device="cpu", progress=False)
+            train_model([fixed, moving], zero, TrainConfig(affine_steps=0, deformable_steps=0), device="cpu", progress=False)
             load = time.perf_counter() - tock
             step_times[stage] = (tock - tick - load) / 3
         grid = load_checkpoint(checkpoint)["preprocess"]["spacing"]

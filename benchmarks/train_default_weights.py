@@ -36,10 +36,10 @@ from bidsreg.demo.atlas import ATLAS_SOURCES, load_atlas  # noqa: E402
 from bidsreg.demo.cohort import TRAINING_RANGES, TRAINING_SEED, synthetic_cohort  # noqa: E402
 from bidsreg.demo.dataset import LABELS_DESC, write_demo_dataset  # noqa: E402
 from bidsreg.image import load_volume  # noqa: E402
-from bidsreg.nn.checkpoint import save_checkpoint  # noqa: E402
-from bidsreg.nn.model_card import write_model_card  # noqa: E402
-from bidsreg.nn.train import TrainConfig, train  # noqa: E402
-from bidsreg.registration import RegistrationModel  # noqa: E402
+from bidsreg.methods.model_card import write_model_card  # noqa: E402
+from bidsreg.methods.training import train_model, write_checkpoint  # noqa: E402
+from bidsreg.nn.model import RegistrationModel  # noqa: E402
+from bidsreg.nn.train import TrainConfig  # noqa: E402
 
 DEFAULT_OUT = REPO / "bidsreg" / "data" / "default_model.pt"
 RESULTS = REPO / "benchmarks" / "results"
@@ -112,10 +112,10 @@ def main() -> None:
     cohort = synthetic_cohort(atlas, args.subjects, TRAINING_SEED, TRAINING_RANGES, prefix="train")
     logging.info("cohort of %d synthetic subjects made in %.0f s", len(cohort), time.perf_counter() - started)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = half_precision(train([image for image, _ in cohort], args.out,
+    payload = half_precision(train_model([image for image, _ in cohort], args.out,
                                    training_config(args.affine_steps, args.deformable_steps),
                                    device=args.device, progress=False, log_every=100))
-    save_checkpoint(args.out, payload)
+    write_checkpoint(args.out, payload)
     demo_table, demo = evaluate_demo(args.out, args.device)
     print("demo cohort (sub-02..04 -> sub-01, 2 mm):\n" + demo_table)
     oasis = evaluate_oasis(args.out, args.device)

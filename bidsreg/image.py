@@ -13,13 +13,30 @@ from pathlib import Path
 
 import nibabel as nb
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 from .atomic import atomic_output
 
-__all__ = ["Volume", "load_volume", "same_grid", "save_volume", "voxel_sizes"]
+__all__ = ["Grid", "Volume", "load_volume", "same_grid", "save_volume"]
 
 #: Largest accepted ratio between the longest and the shortest voxel side.
 MAX_ANISOTROPY = 5.0
+
+
+@dataclass(frozen=True, eq=False)
+class Grid:
+    """A voxel grid: what an image is resampled onto.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        (X, Y, Z).
+    affine : numpy.ndarray
+        (4, 4) voxel index (i, j, k, 1) -> RAS+ world mm.
+    """
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -46,12 +63,13 @@ class Volume:
 
     @property
     def spacing(self) -> np.ndarray:
+        """Voxel side lengths (mm)."""
         return voxel_sizes(self.affine)
 
-
-def voxel_sizes(affine: np.ndarray) -> np.ndarray:
-    """Voxel side lengths in mm from a (4, 4) affine."""
-    return np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
+    @property
+    def grid(self) -> Grid:
+        """Its voxel grid."""
+        return Grid(self.shape, self.affine)
 
 
 def load_volume(path: str | os.PathLike, *, labels: bool = False) -> Volume:

@@ -19,6 +19,10 @@ Files written here (all through :func:`bidsreg.atomic.atomic_output`):
 * composite: ``.h5`` ITK ``CompositeTransform`` of an ``AffineTransform`` and a
   ``DisplacementFieldTransform``, which ``antsApplyTransforms -t file.h5`` reads as is.
 
+Images and transforms also go to SimpleITK here (:func:`sitk_image`, :func:`sitk_transform`), so
+that :func:`resample` and :func:`transform_points` apply a transform exactly as
+``antsApplyTransforms`` does.
+
 ITK applies the transform added LAST to a composite FIRST to a point: a composite ``[A, B]``
 maps ``x`` to ``A(B(x))``. Hence ``T`` is written as ``[affine, displacement]`` (the chain
 ``antsApplyTransforms -t warp.nii.gz -t affine.mat`` builds) and ``T^-1`` as
@@ -37,7 +41,10 @@ import SimpleITK as sitk
 from .atomic import atomic_output
 
 __all__ = [
-    "sitk_pair",
+    "resample",
+    "sitk_image",
+    "sitk_transform",
+    "transform_points",
     "ras_to_lps_affine",
     "lps_to_ras_affine",
     "ras_to_lps_vectors",
@@ -245,13 +252,109 @@ def read_displacement(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return displacement, np.asarray(img.affine, dtype=np.float64)
 
 
-def sitk_pair(fixed_path: str | os.PathLike, moving_on_fixed_grid: np.ndarray) -> tuple[sitk.Image, sitk.Image]:
-    """The fixed image and an (X, Y, Z) array on its grid as float32 SimpleITK images of the
-    same geometry (SimpleITK arrays are (Z, Y, X))."""
-    fixed = sitk.Cast(sitk.ReadImage(str(fixed_path)), sitk.sitkFloat32)
-    moving = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(moving_on_fixed_grid, (2, 1, 0)), dtype=np.float32))
-    moving.CopyInformation(fixed)
-    return fixed, moving
+def sitk_image(data: np.ndarray, affine: np.ndarray) -> sitk.Image:
+    """An (X, Y, Z) array on a RAS+ grid as a SimpleITK image of the same geometry.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        (X, Y, Z) voxel values in nibabel's order (SimpleITK's arrays are (Z, Y, X)).
+    affine : numpy.ndarray
+        (4, 4) voxel -> RAS+ mm.
+    """
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(data, (2, 1, 0))))
+    _set_geometry(image, affine)
+    return image
+
+
+def sitk_transform(
+    affine_ras: np.ndarray,
+    displacement_ras: np.ndarray | None = None,
+    reference_affine: np.ndarray | None = None,
+    *,
+    inverse: bool = False,
+) -> sitk.CompositeTransform:
+    """A registration result as a SimpleITK composite (the transform :func:`write_composite` writes).
+
+    Parameters and the two directions as in :func:`write_composite`.
+    """
+    affine_ras = _check_affine(affine_ras, "affine_ras")
+    if displacement_ras is not None and reference_affine is None:
+        raise ValueError("a displacement needs its reference_affine (the fixed grid)")
+    linear = _sitk_affine(np.linalg.inv(affine_ras) if inverse else affine_ras)
+    composite = sitk.CompositeTransform(3)
+    if not inverse:
+        composite.AddTransform(linear)
+    if displacement_ras is not None:
+        # Added as a temporary: the composite takes it over, no second copy of the field.
+        composite.AddTransform(_sitk_displacement(displacement_ras, reference_affine))
+    if inverse:
+        composite.AddTransform(linear)
+    return composite
+
+
+def resample(
+    data: np.ndarray,
+    affine: np.ndarray,
+    shape: tuple[int, int, int],
+    reference_affine: np.ndarray,
+    transform: sitk.Transform,
+    *,
+    nearest: bool = False,
+    fill: float = 0,
+) -> np.ndarray:
+    """Resample an image onto a grid through a SimpleITK transform (output grid -> image points).
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        (X, Y, Z) image (float) or label map (integer).
+    affine : numpy.ndarray
+        (4, 4) voxel -> RAS+ mm of ``data``.
+    shape : tuple of int
+        (X, Y, Z) of the output grid.
+    reference_affine : numpy.ndarray
+        (4, 4) voxel -> RAS+ mm of the output grid.
+    transform : SimpleITK.Transform
+        Maps output (fixed) points to ``data``'s points, in LPS (:func:`sitk_transform`).
+    nearest : bool
+        Nearest neighbour, keeping the dtype (label maps); else trilinear, float32.
+    fill : float
+        Value of output voxels mapped outside ``data``.
+
+    Returns
+    -------
+    numpy.ndarray
+        (X, Y, Z) on the output grid.
+
+    Notes
+    -----
+    ITK's rules, as ``antsApplyTransforms``: a point is inside when its continuous index lies in
+    ``[-0.5, n - 0.5)`` on every axis, where the border voxels extend; a displacement field is
+    zero outside its grid.
+    """
+    image = sitk_image(np.asarray(data) if nearest else np.asarray(data, dtype=np.float32), affine)
+    reference_affine = _check_affine(reference_affine, "reference_affine")
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetSize([int(n) for n in shape])
+    spacing, direction, origin = _lps_geometry(reference_affine)
+    resampler.SetOutputSpacing(spacing)
+    resampler.SetOutputDirection(direction)
+    resampler.SetOutputOrigin(origin)
+    resampler.SetTransform(transform)
+    resampler.SetInterpolator(sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear)
+    resampler.SetDefaultPixelValue(float(fill))
+    resampler.SetOutputPixelType(image.GetPixelID())
+    return np.transpose(sitk.GetArrayFromImage(resampler.Execute(image)), (2, 1, 0))
+
+
+def transform_points(transform: sitk.Transform, points_ras: np.ndarray) -> np.ndarray:
+    """(N, 3) RAS+ mm points through a SimpleITK transform (LPS); (N, 3) float64 RAS+ mm."""
+    points = np.asarray(points_ras, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise ValueError(f"expected points of shape (N, 3), got {points.shape}")
+    mapped = [transform.TransformPoint(tuple(point * _VECTOR_SIGN)) for point in points]
+    return np.array(mapped, dtype=np.float64).reshape(-1, 3) * _VECTOR_SIGN
 
 
 def write_composite(
@@ -290,18 +393,7 @@ def write_composite(
     250 MB for 256 x 256 x 160) that the composite takes over without a further copy.
     """
     _check_suffix(path, (".h5",), "an ITK composite transform")
-    affine_ras = _check_affine(affine_ras, "affine_ras")
-    if displacement_ras is not None and reference_affine is None:
-        raise ValueError("write_composite: a displacement needs its reference_affine (the fixed grid)")
-    linear = _sitk_affine(np.linalg.inv(affine_ras) if inverse else affine_ras)
-    composite = sitk.CompositeTransform(3)
-    if not inverse:
-        composite.AddTransform(linear)
-    if displacement_ras is not None:
-        # Added as a temporary: the composite takes it over, no second copy of the field.
-        composite.AddTransform(_sitk_displacement(displacement_ras, reference_affine))
-    if inverse:
-        composite.AddTransform(linear)
+    composite = sitk_transform(affine_ras, displacement_ras, reference_affine, inverse=inverse)
     with atomic_output(path) as tmp:
         sitk.WriteTransform(composite, str(tmp))
 
@@ -430,12 +522,22 @@ def _sitk_displacement(
     np.multiply(np.transpose(displacement_ras, (2, 1, 0, 3)), _VECTOR_SIGN, out=buffer)
     image = sitk.GetImageFromArray(buffer, isVector=True)
     del buffer
-    grid_lps = _FLIP @ reference_affine
-    spacing = np.sqrt((grid_lps[:3, :3] ** 2).sum(axis=0))
-    image.SetSpacing(spacing.tolist())
-    image.SetDirection((grid_lps[:3, :3] / spacing).ravel().tolist())
-    image.SetOrigin(grid_lps[:3, 3].tolist())
+    _set_geometry(image, reference_affine)
     return sitk.DisplacementFieldTransform(image)
+
+
+def _lps_geometry(affine_ras: np.ndarray) -> tuple[list[float], list[float], list[float]]:
+    """ITK's spacing, direction (row-major) and origin of a voxel -> RAS+ mm grid."""
+    grid_lps = _FLIP @ affine_ras
+    spacing = np.sqrt((grid_lps[:3, :3] ** 2).sum(axis=0))
+    return spacing.tolist(), (grid_lps[:3, :3] / spacing).ravel().tolist(), grid_lps[:3, 3].tolist()
+
+
+def _set_geometry(image: sitk.Image, affine_ras: np.ndarray) -> None:
+    spacing, direction, origin = _lps_geometry(_check_affine(affine_ras, "affine"))
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    image.SetOrigin(origin)
 
 
 def _numpy_displacement(transform: sitk.Transform) -> tuple[np.ndarray, np.ndarray]:

@@ -17,9 +17,11 @@ import pytest
 import torch
 
 from bidsreg.image import Volume
-from bidsreg.nn.train import TrainConfig, rotation_matrix, train
-from bidsreg.preprocess import PreprocessConfig
-from bidsreg.registration import RegistrationModel
+from bidsreg.methods.training import train_model
+from bidsreg.nn.augment import rotation_matrix
+from bidsreg.nn.grid import PreprocessConfig
+from bidsreg.nn.model import RegistrationModel
+from bidsreg.nn.train import TrainConfig
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -251,7 +253,7 @@ def trained_model(phantom_files, tmp_path_factory) -> RegistrationModel:
     """Both stages briefly trained on (fixed, deformed); about 20 s on two CPU threads."""
     path = tmp_path_factory.mktemp("model") / "model.pt"
     config = tiny_config(**{**AFFINE_TRAINING, "affine_steps": 300}, deformable_steps=40, smoothness=0.5)
-    train([phantom_files["fixed"], phantom_files["deformed"]], path, config, device="cpu", progress=False)
+    train_model([phantom_files["fixed"], phantom_files["deformed"]], path, config, device="cpu", progress=False)
     return RegistrationModel.from_checkpoint(path, device="cpu")
 
 

@@ -20,7 +20,7 @@ import pytest
 from bidsreg import __version__
 from bidsreg.demo.dataset import write_demo_dataset
 
-from daemons import daemon_missing
+from tests.daemons import daemon_missing
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = os.environ.get("BIDSREG_DOCKER_IMAGE", f"bidsreg:{__version__}")

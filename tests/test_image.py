@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bidsreg import image as image_module
-from bidsreg.image import Volume, load_volume, save_volume, voxel_sizes
+from bidsreg.image import Grid, Volume, load_volume, save_volume
 
 
 def affine(spacing=(2.0, 2.0, 2.0)) -> np.ndarray:
@@ -52,11 +52,13 @@ def test_load_volume_reads_data_affine_and_path(tmp_path):
     assert volume.path == path
 
 
-def test_voxel_sizes_of_an_oblique_affine():
+def test_spacing_and_grid_of_an_oblique_volume():
     rotation = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     matrix = np.eye(4)
     matrix[:3, :3] = rotation @ np.diag([1.5, 2.0, 3.0])
-    assert np.allclose(voxel_sizes(matrix), [1.5, 2.0, 3.0])
+    volume = Volume(np.zeros((4, 5, 6), np.float32), matrix)
+    assert np.allclose(volume.spacing, [1.5, 2.0, 3.0])
+    assert isinstance(volume.grid, Grid) and volume.grid.shape == (4, 5, 6) and volume.grid.affine is matrix
 
 
 def test_load_volume_accepts_4d_with_one_volume(tmp_path):

@@ -13,13 +13,9 @@ import scipy.io
 import SimpleITK as sitk
 
 from bidsreg import itk
+from bidsreg.fields import invert_displacement
 from bidsreg.image import Volume, save_volume
-from bidsreg.transforms import (
-    apply_inverse_transform,
-    apply_transform,
-    invert_displacement,
-    map_points,
-)
+from bidsreg.transform import Transform
 
 try:
     import ants
@@ -142,7 +138,7 @@ def test_ants_reads_written_affine(tmp_path):
     transform = ants.read_transform(str(tmp_path / "affine.mat"))
     point_ras = np.array([12.0, -34.0, 56.0])
     mapped_lps = transform.apply_to_point(tuple(point_ras * [-1, -1, 1]))
-    expected = map_points(point_ras[None], affine)[0]
+    expected = affine[:3, :3] @ point_ras + affine[:3, 3]
     np.testing.assert_allclose(np.multiply(mapped_lps, [-1, -1, 1]), expected, atol=1e-4)
 
 
@@ -241,7 +237,7 @@ def test_nitransforms_reads_composite(tmp_path):
     itk.write_composite(tmp_path / "xfm.h5", affine, displacement, reference)
     chain = nitransforms.manip.load(str(tmp_path / "xfm.h5"), fmt="itk")
     points = world_grid((7, 8, 6), reference)[1:6:2, 2:7:2, 1:5:2].reshape(-1, 3)
-    expected = map_points(points, affine, displacement, reference)
+    expected = Transform(affine, displacement, field_affine=reference).map_points(points)
     np.testing.assert_allclose(chain.map(points), expected, atol=1e-4)
 
 
@@ -318,8 +314,9 @@ def scene(tmp_path_factory):
     affine[:3, 3] = BRAIN_CENTRE - affine[:3, :3] @ BRAIN_CENTRE + np.array([2.0, -2.0, 1.0]) * 5 / 3
     displacement = known_displacement(world_grid(fixed_shape, fixed_affine))
     inverse_displacement = invert_displacement(displacement, fixed_affine)
+    transform = Transform(affine, displacement, inverse_displacement, fixed_affine)
 
-    warped = apply_transform(moving, fixed_shape, fixed_affine, affine, displacement)
+    warped = transform.apply(moving, Volume(np.zeros(fixed_shape), fixed_affine).grid)
     paths = {name: str(folder / name) for name in ("moving.nii.gz", "fixed.nii.gz")}
     save_volume(paths["moving.nii.gz"], moving.data, moving_affine)
     save_volume(paths["fixed.nii.gz"], warped, fixed_affine)
@@ -354,6 +351,7 @@ def scene(tmp_path_factory):
         "affine": affine,
         "displacement": displacement,
         "inverse_displacement": inverse_displacement,
+        "transform": transform,
         "paths": paths,
     }
 
@@ -386,12 +384,10 @@ def test_bidsreg_warp_matches_ground_truth(scene):
     """bidsreg alone: the blob lands where T says, and the inverse brings it back."""
     fixed = scene["fixed"]
     centroid = blob_centroid(fixed.data, fixed.affine)
-    moved = map_points(centroid[None], scene["affine"], scene["displacement"], fixed.affine)[0]
+    moved = scene["transform"].map_points(centroid[None])[0]
     assert np.linalg.norm(moved - BLOB) < 1.0
     moving = scene["moving"]
-    back = apply_inverse_transform(
-        fixed, moving.shape, moving.affine, scene["affine"], scene["inverse_displacement"], fixed.affine
-    )
+    back = scene["transform"].apply_inverse(fixed, moving.grid)
     assert np.linalg.norm(blob_centroid(back, moving.affine) - BLOB) < 1.0
     assert correlation(back, moving.data, moving.data > 0.3) > 0.98
 
@@ -439,10 +435,7 @@ def test_ants_inverse_matches_bidsreg(scene, case):
     """antsApplyTransforms -r moving -i fixed -t <inverse files> reproduces bidsreg's inverse warp."""
     transforms, whichtoinvert, wrong, wrong_which = case
     moving, fixed = scene["moving"], scene["fixed"]
-    expected = apply_inverse_transform(
-        fixed, moving.shape, moving.affine, scene["affine"], scene["inverse_displacement"], fixed.affine
-    )
-    expected = Volume(expected, moving.affine)
+    expected = Volume(scene["transform"].apply_inverse(fixed, moving.grid), moving.affine)
     got = ants_warp(scene, "moving.nii.gz", "fixed.nii.gz", transforms, whichtoinvert=whichtoinvert)
     corr, distance, difference = agreement(got, expected)
     assert agrees(corr, distance) and difference < 1e-3, (corr, distance, difference)

@@ -19,10 +19,10 @@ import pytest
 from bidsreg import exit_codes
 from bidsreg.cli.run import main
 from bidsreg.demo.dataset import write_demo_dataset
-from bidsreg.methods import TABLE
+from bidsreg.methods.table import TABLE
 from bidsreg.workflows.execution import MIN_JOB_GB
 
-from daemons import daemon_missing
+from tests.daemons import daemon_missing
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 _FIELD = re.compile(r"(\w+)=(\S*)")

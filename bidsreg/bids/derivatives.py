@@ -1,4 +1,4 @@
-"""Names of bidsreg's BIDS derivatives (CONVENTIONS.md).
+"""Names of bidsreg's BIDS derivatives (CONVENTIONS.md), built and read with pybids.
 
 Per subject, under ``sub-<label>/[ses-<label>/]anat/``, one set per method (``desc-<method>``),
 e.g. for sub-10 registered to the fixed subject sub-09 with the CNN::
@@ -10,36 +10,32 @@ e.g. for sub-10 registered to the fixed subject sub-09 with the CNN::
     sub-10_space-sub09_desc-cnn_jacobian.nii.gz                 Jacobian determinant
     sub-10_seg-DKT31aseg_desc-cnn_overlap.tsv                   overlap table
 
-The BIDS validator does not know ``_xfm.h5`` and ``_overlap.tsv`` files yet (NOT_INCLUDED).
+each with its JSON sidecar. The path patterns are ``bidsreg/data/derivatives.json`` (the way
+niworkflows' ``DerivativesDataSink`` names fMRIPrep's outputs); entities have pybids' names
+(``subject``, ``session``, ``segmentation``, ``from``, ...). The BIDS validator does not know
+``_xfm.h5`` and ``_overlap.tsv`` files yet (NOT_INCLUDED).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["ENTITY_ORDER", "derivative_path", "generated_by", "sidecar_path", "space_label"]
+from bids.layout import parse_file_entities
+from bids.layout.writing import build_path
 
-#: BIDS entity keys in filename order (those bidsreg writes).
-#: ``mode`` follows ``desc`` as CONVENTIONS.md writes transform names.
-ENTITY_ORDER = ("sub", "ses", "acq", "ce", "rec", "run", "from", "to", "space", "seg", "desc", "mode")
-_LONG = {"subject": "sub", "session": "ses", "acquisition": "acq", "ceagent": "ce", "reconstruction": "rec"}
+from ..data import DERIVATIVES_PATTERNS
+
+__all__ = ["derivative_path", "parse_name", "sidecar_path", "space_label"]
+
 _VALUE = re.compile(r"^[A-Za-z0-9]+$")
 
 
-def generated_by() -> dict:
-    """The ``GeneratedBy`` entry of bidsreg's outputs: name, version and, inside bidsreg's
-    container, ``Container`` (``Type`` singularity under Apptainer/Singularity, else docker;
-    ``Tag`` from ``BIDSREG_CONTAINER``, which the Dockerfile sets)."""
-    from .. import __version__
-
-    entry: dict = {"Name": "bidsreg", "Version": __version__}
-    tag = os.environ.get("BIDSREG_CONTAINER")
-    if tag:
-        singularity = any(os.environ.get(key) for key in ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER",
-                                                          "APPTAINER_NAME", "SINGULARITY_NAME"))
-        entry["Container"] = {"Type": "singularity" if singularity else "docker", "Tag": tag}
-    return entry
+@lru_cache(maxsize=1)
+def _patterns() -> tuple[str, ...]:
+    return tuple(json.loads(DERIVATIVES_PATTERNS.read_text())["default_path_patterns"])
 
 
 def space_label(fixed: str | os.PathLike) -> str:
@@ -62,31 +58,41 @@ def derivative_path(output_dir: str | os.PathLike, entities: dict, suffix: str, 
     ----------
     output_dir : path-like
     entities : dict
-        Short (``sub``, ``ses``, ``desc``...) or pybids long (``subject``, ``session``...) keys;
-        ``None`` values are left out. Keys outside :data:`ENTITY_ORDER` are refused.
+        pybids entity names (``subject``, ``session``, ``space``, ``segmentation``, ``desc``,
+        ``from``, ``to``, ``mode``, ...); ``None`` values are left out.
     suffix : str
-        e.g. ``T1w``, ``xfm``, ``dseg``, ``jacobian``, ``overlap``.
+        ``T1w``, ``xfm``, ``dseg``, ``jacobian`` or ``overlap``.
     extension : str
-        With its dot: ``.nii.gz``, ``.h5``, ``.tsv``, ``.json``.
+        With its dot: ``.nii.gz``, ``.h5``, ``.tsv``, or ``.json`` for a sidecar.
+
+    Raises
+    ------
+    ValueError
+        For a value that is not letters and digits, or entities no bidsreg name takes.
     """
-    short = {_LONG.get(key, key): value for key, value in entities.items() if value is not None}
-    unknown = sorted(set(short) - set(ENTITY_ORDER))
-    if unknown:
-        raise ValueError(f"entities {unknown} are not among {ENTITY_ORDER}")
-    if "sub" not in short:
-        raise ValueError("a derivative needs the 'sub' entity")
-    for key, value in short.items():
-        if not _VALUE.match(str(value)):
+    given = {key: str(value) for key, value in entities.items() if value is not None}
+    for key, value in given.items():
+        if not _VALUE.match(value):
             raise ValueError(f"entity {key}-{value}: BIDS values are letters and digits only")
-    name = "_".join(f"{key}-{short[key]}" for key in ENTITY_ORDER if key in short)
-    folder = Path(output_dir) / f"sub-{short['sub']}"
-    if "ses" in short:
-        folder = folder / f"ses-{short['ses']}"
-    return folder / "anat" / f"{name}_{suffix}{extension}"
+    if "subject" not in given:
+        raise ValueError("a derivative needs the 'subject' entity")
+    name = build_path({**given, "suffix": suffix, "extension": extension}, list(_patterns()), strict=True)
+    if name is None:
+        raise ValueError(f"no bidsreg derivative name takes the entities {sorted(given)} with _{suffix}{extension}")
+    return Path(output_dir) / name
+
+
+def parse_name(path: str | os.PathLike) -> dict:
+    """The pybids entities of a derivative's file name (``suffix`` and ``extension`` included;
+    values as strings): ``sub-10_desc-cnn_overlap.tsv`` -> ``{"subject": "10", "desc": "cnn", ...}``."""
+    # pybids' patterns find an entity after a path separator or an underscore: the name alone,
+    # after a separator (the folders above could hold anything).
+    return {key: str(value) for key, value in parse_file_entities("/" + Path(path).name).items()}
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
-    """The JSON sidecar of a BIDS file: its name up to the first ``.``, then ``.json``
-    (``..._T1w.nii.gz`` -> ``..._T1w.json``)."""
+    """The JSON sidecar of a derivative: the same entities with ``.json``."""
     path = Path(path)
-    return path.with_name(path.name.split(".", 1)[0] + ".json")
+    entities = parse_name(path)
+    suffix, _ = entities.pop("suffix"), entities.pop("extension")
+    return path.with_name(derivative_path("", entities, suffix, ".json").name)

@@ -1,6 +1,8 @@
-"""Argument parsing of ``bidsreg bids_dir output_dir {train,participant,group} [options]``.
+"""Argument parsing of ``bidsreg bids_dir output_dir {train,participant,group} [options]`` into a
+:class:`~bidsreg.config.Config`.
 
-The flags follow the BIDS-Apps conventions that fMRIPrep and MRIQC users know (CONVENTIONS.md).
+The flags follow the BIDS-Apps conventions that fMRIPrep and MRIQC users know (CONVENTIONS.md);
+each method's parameters are the options of its configuration class (the method table).
 Usage errors exit with 64, an unknown analysis level with 17. ``--recipe PATH`` reads option
 values from a TOML file (keys are the long option names, with ``-`` or ``_``; ``true`` for a
 flag, a list for several values, a table for ``plugin-args``); options given on the command
@@ -17,10 +19,11 @@ from typing import NoReturn, Sequence
 
 from .. import __version__
 from .. import exit_codes
-from ..methods import METHODS, OPTIONS, TABLE, method_parameters
+from ..config import Config
+from ..methods.table import TABLE, method_configs, method_names, options
 from ..nn.train import TrainConfig
 
-__all__ = ["ANALYSIS_LEVELS", "METHODS", "build_parser", "parse_args"]
+__all__ = ["ANALYSIS_LEVELS", "build_parser", "parse_args"]
 
 ANALYSIS_LEVELS = ("train", "participant", "group")
 
@@ -52,11 +55,11 @@ def _entity_label(prefix: str, what: str):
 def _methods(value: str) -> list[str]:
     names = [name.strip().lower() for name in value.split(",") if name.strip()]
     if names == ["all"]:
-        return list(METHODS)
-    unknown = sorted(set(names) - set(METHODS))
+        return list(method_names())
+    unknown = sorted(set(names) - set(method_names()))
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)} or 'all'"
+            f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(method_names())} or 'all'"
         )
     return list(dict.fromkeys(names))
 
@@ -144,20 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--methods", type=_methods, default=["cnn"], metavar="LIST",
                      help="comma-separated, or all: " + "; ".join(f"{m.name} ({m.summary})" for m in TABLE.values())
                           + ". At the train level: the networks to train, cnn and/or voxelmorph")
-    reg.add_argument("--model", type=Path, metavar="CKPT",
-                     help="bidsreg checkpoint of the two-stage cnn (default: the one train wrote in output_dir, else "
-                          "the default weights shipped with bidsreg)")
-    reg.add_argument("--voxelmorph-model", type=Path, metavar="CKPT",
-                     help="one-stage checkpoint of voxelmorph (default: the one 'train --methods voxelmorph' wrote in "
-                          "output_dir)")
     reg.add_argument("--recipe", type=Path, metavar="PATH", help="TOML file of option values (see workflows/)")
 
-    baselines = parser.add_argument_group("parameters of the classical methods (default: see the README)")
-    for option in OPTIONS:
+    parameters = parser.add_argument_group("parameters of the methods (default: see the README)")
+    for option in options():
+        if option.type is Path:
+            parameters.add_argument(option.flag, type=Path, metavar="PATH", help=option.help)
+            continue
         numbers = _non_negative if option.type is int else _positive_float
-        baselines.add_argument(option.flag, nargs="+" if option.many else None, type=numbers,
-                               metavar="N" if option.type is int else "X",
-                               help=f"{option.help} [{', '.join(option.methods)}]")
+        default = "" if option.default is None else " (default: " + (
+            " ".join(map(str, option.default)) if option.many else str(option.default)) + ")"
+        parameters.add_argument(option.flag, nargs="+" if option.many else None, type=numbers,
+                                metavar="N" if option.type is int else "X",
+                                help=f"{option.help}{default} [{', '.join(option.methods)}]")
 
     training = parser.add_argument_group("training (train level)")
     training.add_argument("--affine-steps", type=_positive, default=TrainConfig.affine_steps, metavar="N",
@@ -207,12 +209,12 @@ def _recipe_argv(parser: "_Parser", path: Path) -> list[str]:
     return words
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse the command line (and a ``--recipe``); exits with 64 or 17 on usage errors.
+def parse_args(argv: Sequence[str] | None = None) -> Config:
+    """Parse the command line (and a ``--recipe``) into a :class:`~bidsreg.config.Config`; exits
+    with 64 or 17 on usage errors.
 
     Paths are made absolute. Refuses an output or work folder that is the BIDS folder or
-    inside it (64), and method parameters that make no valid configuration (64). Adds
-    ``parameters``: per selected method, the parameters given (:func:`bidsreg.methods.method_parameters`).
+    inside it (64), and method parameters that make no valid configuration (64).
     """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -223,21 +225,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.parse_args([str(args.bids_dir), str(args.output_dir), args.analysis_level, *words])
         parser.context = ""
         args = parser.parse_args(words + argv)  # the command line comes last and wins
-    for name in ("bids_dir", "output_dir", "work_dir", "bids_filter_file", "fixed_labels", "labels", "masks", "model",
-                 "voxelmorph_model", "recipe"):
-        value = getattr(args, name)
-        if value is not None:
-            setattr(args, name, value.expanduser().resolve())
+    values = vars(args)
+    for name, value in values.items():
+        if isinstance(value, Path):
+            values[name] = value.expanduser().resolve()
     bids_dir = args.bids_dir
     for name in ("output_dir", "work_dir"):
-        folder = getattr(args, name)
+        folder = values[name]
         if folder is not None and (folder == bids_dir or bids_dir in folder.parents):
             parser.error(f"{name.replace('_', ' ')} {folder} is the BIDS folder or inside it; choose a folder outside {bids_dir}")
     if args.fixed_labels is not None and (args.fixed is None or args.fixed.startswith("sub-")):
         parser.error("--fixed-labels goes with a --fixed NIfTI path; a fixed subject's labels come from --labels")
-    given = {option.flag: getattr(args, option.flag[2:].replace("-", "_")) for option in OPTIONS}
+    given = {option.flag: values.pop(_dest(option.flag)) for option in options()}
     try:
-        args.parameters = method_parameters(given, args.methods)
+        configs = method_configs(given, args.methods)
     except ValueError as error:
         parser.error(f"method parameters: {error}")
-    return args
+    for name in ("participant_label", "session_label", "methods"):
+        values[name] = tuple(values[name] or ())
+    return Config(method_configs=configs, **values)
+
+
+def _dest(flag: str) -> str:
+    """argparse's attribute name of a long option."""
+    return flag[2:].replace("-", "_")

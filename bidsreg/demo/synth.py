@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from nibabel.affines import voxel_sizes
 
-from ..image import voxel_sizes
+from ..nn.augment import random_affine
 from ..nn.layers import VecInt, identity_grid, sample
-from ..nn.train import random_affine
 from .atlas import Atlas
 
 __all__ = ["SynthRanges", "SubjectParams", "sample_subject", "synthesise"]

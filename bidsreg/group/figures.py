@@ -4,29 +4,27 @@ from __future__ import annotations
 import os
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from ..atomic import atomic_output  # noqa: E402
-from .tables import ordered_methods  # noqa: E402
+from ..atomic import atomic_output
+from .tables import ordered_methods
 
 __all__ = ["method_boxplot", "overlay", "region_boxplot"]
 
 
-def _save(figure, path: str | os.PathLike) -> None:
+def _save(figure: Figure, path: str | os.PathLike) -> None:
     with atomic_output(path) as tmp:
         figure.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
-    plt.close(figure)
 
 
 def method_boxplot(subjects: pd.DataFrame, path: str | os.PathLike, measure: str = "dice") -> None:
     """One box per method of the subjects' mean ``measure`` over labels, subjects as dots."""
     data = subjects.dropna(subset=[measure])
     methods = ordered_methods(data["method"].unique())
-    figure, axis = plt.subplots(figsize=(1.2 * len(methods) + 2, 4))
+    figure = Figure(figsize=(1.2 * len(methods) + 2, 4))
+    axis = figure.subplots()
     values = [data.loc[data["method"] == m, measure].to_numpy(float) for m in methods]
     axis.boxplot(values, showfliers=False)
     axis.set_xticks(range(1, len(methods) + 1), methods)
@@ -43,9 +41,10 @@ def region_boxplot(labels: pd.DataFrame, path: str | os.PathLike, measure: str =
     methods = [m for m in ordered_methods(labels["method"].unique()) if m != "original"]
     names = labels[["label", "name"]].drop_duplicates().sort_values("label")
     regions = [n if isinstance(n, str) and n else str(label) for label, n in zip(names["label"], names["name"])]
-    figure, axis = plt.subplots(figsize=(8, 0.25 * len(regions) * max(1, len(methods)) ** 0.5 + 2))
+    figure = Figure(figsize=(8, 0.25 * len(regions) * max(1, len(methods)) ** 0.5 + 2))
+    axis = figure.subplots()
     width = 0.8 / max(1, len(methods))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, method in enumerate(methods):
         chosen = labels[labels["method"] == method]
         values = [chosen.loc[chosen["label"] == label, measure].dropna().to_numpy(float) for label in names["label"]]
@@ -72,7 +71,8 @@ def overlay(fixed: np.ndarray, before: np.ndarray, after: np.ndarray, path: str 
 
     fixed, before, after = (normalised(np.asarray(v, dtype=np.float32)) for v in (fixed, before, after))
     centre = [int(round(c)) for c in np.argwhere(fixed > 0.1).mean(0)] if np.any(fixed > 0.1) else [s // 2 for s in fixed.shape]
-    figure, axes = plt.subplots(2, 3, figsize=(9, 6))
+    figure = Figure(figsize=(9, 6))
+    axes = figure.subplots(2, 3)
     for row, (moving, label) in enumerate(((before, "before"), (after, "after"))):
         for column in range(3):
             index = [slice(None)] * 3

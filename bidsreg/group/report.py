@@ -2,28 +2,29 @@
 from __future__ import annotations
 
 import base64
-import html
 import json
 import logging
 import os
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 
 from ..atomic import atomic_output
-from ..bids.derivatives import sidecar_path
+from ..bids.derivatives import parse_name, sidecar_path
+from ..data import DEFAULT_MODEL, REPORT_TEMPLATE
 from ..errors import MissingInputError
-from .collect import collect, parse_name
+from ..methods.table import TABLE
+from ..provenance import versions as package_versions
+from .collect import collect
 from .figures import method_boxplot, overlay, region_boxplot
-from ..methods import TABLE
 from .tables import cnn_stages, label_table, method_table, ordered_methods, qc_flags, wilcoxon_table
 
 __all__ = ["run_group"]
 
 LOGGER = logging.getLogger("bidsreg")
-_PACKAGES = ("bidsreg", "torch", "antspyx", "nipype", "pybids", "nibabel", "SimpleITK")
 #: Sidecar parameters naming the software (and its version) that ran a method.
 _VERSION_KEYS = ("antspyx", "simpleitk", "elastix")
 
@@ -31,16 +32,6 @@ _VERSION_KEYS = ("antspyx", "simpleitk", "elastix")
 def _write_tsv(table: pd.DataFrame, path: Path) -> None:
     with atomic_output(path) as tmp:
         table.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
-
-
-def _versions() -> dict:
-    out = {}
-    for package in _PACKAGES:
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def _mean_sd(table: pd.DataFrame, measure: str, digits: int) -> pd.Series:
@@ -64,7 +55,7 @@ def _display(methods: pd.DataFrame) -> pd.DataFrame:
 def _overlays(output_dir: Path, figures: Path, subjects: pd.DataFrame) -> list[Path]:
     """A before/after overlay per subject, for the CNN when it ran (else the first method)."""
     from ..image import load_volume
-    from ..transforms import apply_transform
+    from ..transform import Transform
 
     registered = [m for m in ordered_methods(subjects["method"].unique()) if m not in ("original", "cnnaffine")]
     if not registered:
@@ -80,31 +71,30 @@ def _overlays(output_dir: Path, figures: Path, subjects: pd.DataFrame) -> list[P
         if fixed_path not in fixed_images:
             fixed_images[fixed_path] = load_volume(fixed_path)
         fixed, moving, after = fixed_images[fixed_path], load_volume(sources[0]), load_volume(warped)
-        before = apply_transform(moving, fixed.shape, fixed.affine, np.eye(4))
-        entities, _ = parse_name(warped.name)
-        name = "_".join(f"{k}-{v}" for k, v in entities.items() if k in ("sub", "ses", "run"))
+        before = Transform(np.eye(4)).apply(moving, fixed.grid)
+        entities = parse_name(warped.name)
+        name = "_".join(f"{key[:3]}-{entities[key]}" for key in ("subject", "session", "run") if key in entities)
         target = figures / f"{name}_desc-{method}_overlay.png"
         overlay(fixed.data, before, after.data, target, f"{name}: fixed (green) and moving (magenta), {method}")
         out.append(target)
     return out
 
 
-def _image(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}"><figcaption>{html.escape(path.name)}</figcaption></figure>'
+def _figure(path: Path) -> dict:
+    """A PNG figure to embed: its name and base64 data."""
+    return {"name": path.name, "data": base64.b64encode(path.read_bytes()).decode("ascii")}
 
 
-def _table(table: pd.DataFrame, digits: int = 3) -> str:
+def _table(table: pd.DataFrame, digits: int = 3) -> Markup:
+    """A table as HTML (pandas escapes its cells)."""
     if table.empty:
-        return "<p>(none)</p>"
-    return table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.{digits}g}" if abs(v) < 1e-3 else f"{v:.{digits}f}",
-                         border=0, classes="table")
+        return Markup("<p>(none)</p>")
+    return Markup(table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.{digits}g}" if abs(v) < 1e-3 else f"{v:.{digits}f}",
+                         border=0, classes="table"))
 
 
 def _model_text(name: str) -> str:
     """How the methods text names the checkpoint: the shipped default weights are said to be so."""
-    from ..data import DEFAULT_MODEL
-
     if name == DEFAULT_MODEL.name:
         return (f"{name}, the default weights shipped with bidsreg, trained without labels on synthetic brains "
                 "made from the MNI152 template; see its model card")
@@ -112,7 +102,7 @@ def _model_text(name: str) -> str:
 
 
 def _method_sentence(method: str, parameters: dict, versions: dict) -> str:
-    """A method's sentence (:attr:`bidsreg.methods.Method.text`) filled from its sidecar parameters."""
+    """A method's sentence (:attr:`bidsreg.methods.table.Method.text`) filled from its sidecar parameters."""
     settings = ", ".join(f"{key}={json.dumps(value)}" for key, value in parameters.items()
                          if key not in _VERSION_KEYS and not isinstance(value, dict))
     version = next((str(parameters[key]) for key in _VERSION_KEYS if key in parameters), "")
@@ -179,35 +169,22 @@ def run_group(output_dir: str | os.PathLike) -> Path:
         region_boxplot(labels, figures / "dice_per_region.png")
         images += [figures / "dice_per_method.png", figures / "dice_per_region.png"]
     overlays = _overlays(output_dir, figures, subjects)
-    versions = _versions()
+    versions = package_versions()
     flagged = qc[qc["qc"] != "ok"]
     unstripped = subjects[(subjects["method"] != "original") & (subjects["skull_stripped"] != True)]  # noqa: E712
-    warning = ""
-    if not unstripped.empty:
-        names = ", ".join(sorted({f"sub-{s}" for s in unstripped["subject"]}))
-        warning = (f'<p class="warn">Warning: the T1w images of {html.escape(names)} are not known to be skull-stripped '
-                   "(SkullStripped false or absent, no --masks); the networks expect brain-extracted images.</p>")
-    sections = [
-        "<h2>Summary</h2>",
-        f"<p>{len(subjects[['subject', 'session', 'run']].drop_duplicates())} image(s), methods: "
-        f"{', '.join(ordered_methods(subjects['method'].unique()))}; fixed: "
-        f"{html.escape(', '.join(sorted(subjects['space'].dropna().unique())))}.</p>",
-        warning,
-        "<h2>CNN: original / global / registered</h2>", _table(stages),
-        "<h2>Method comparison (mean ± sd over subjects)</h2>", _table(_display(methods)),
-        "<h2>Paired Wilcoxon signed-rank tests (Dice)</h2>", _table(tests),
-        "<h2>QC flags</h2>", _table(flagged) if not flagged.empty else "<p>No subject flagged.</p>",
-        "<h2>Figures</h2>", *(_image(p) for p in images),
-        "<h2>Before / after</h2>", *(_image(p) for p in overlays),
-        "<h2>Per label (mean Dice over subjects)</h2>", "<details><summary>show</summary>", _table(per_label), "</details>",
-        "<h2>Methods</h2>", f"<p>{html.escape(_boilerplate(output_dir, subjects, versions))}</p>",
-        "<h2>Software</h2>", "<p>" + ", ".join(f"{html.escape(k)} {html.escape(v)}" for k, v in versions.items()) + "</p>",
-    ]
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse;"
-             "font-size:13px}td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}"
-             ".warn{background:#fff3cd;padding:.5em}")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>bidsreg group report</title>"
-            f"<style>{style}</style></head><body><h1>bidsreg group report</h1>{''.join(sections)}</body></html>\n")
+    environment = Environment(loader=FileSystemLoader(REPORT_TEMPLATE.parent), autoescape=select_autoescape(["html"]))
+    page = environment.get_template(REPORT_TEMPLATE.name).render(
+        n_images=len(subjects[["subject", "session", "run"]].drop_duplicates()),
+        methods=ordered_methods(subjects["method"].unique()),
+        spaces=sorted(subjects["space"].dropna().unique()),
+        unstripped=sorted({f"sub-{s}" for s in unstripped["subject"]}),
+        tables={"stages": _table(stages), "methods": _table(_display(methods)), "tests": _table(tests),
+                "flagged": _table(flagged) if not flagged.empty else "", "labels": _table(per_label)},
+        figures=[_figure(p) for p in images],
+        overlays=[_figure(p) for p in overlays],
+        boilerplate=_boilerplate(output_dir, subjects, versions),
+        versions=versions,
+    )
     report = group / "report.html"
     with atomic_output(report) as tmp:
         tmp.write_text(page, encoding="utf-8")

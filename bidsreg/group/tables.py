@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import wilcoxon
 
-from ..methods import REPORTED
+from ..methods.table import reported_names
 
 __all__ = ["STAGES", "cnn_stages", "ordered_methods", "label_table", "method_table", "qc_flags", "wilcoxon_table"]
 
@@ -18,8 +18,10 @@ _IDENTITY = ["subject", "session", "run"]
 
 
 def ordered_methods(methods) -> list[str]:
-    known = [m for m in REPORTED if m in set(methods)]
-    return known + sorted(set(methods) - set(REPORTED))
+    """``methods`` in the order of the tables (:func:`~bidsreg.methods.table.reported_names`), others last."""
+    order = reported_names()
+    known = [m for m in order if m in set(methods)]
+    return known + sorted(set(methods) - set(order))
 
 
 def method_table(subjects: pd.DataFrame) -> pd.DataFrame:

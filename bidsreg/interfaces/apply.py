@@ -28,21 +28,13 @@ class ApplyTransform(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ..image import load_volume, save_volume
-        from ..itk import read_composite
-        from ..transforms import apply_transform
+        from ..transform import Transform
 
         labels = self.inputs.interpolation == "nearest"
         moving = load_volume(self.inputs.in_file, labels=labels)
         reference = load_volume(self.inputs.reference, labels=True) if labels else load_volume(self.inputs.reference)
-        affine, displacement = np.eye(4), None
-        if self.inputs.transform:
-            affine, displacement, field_affine = read_composite(self.inputs.transform)
-            if displacement is not None and not np.allclose(field_affine, reference.affine, atol=1e-4):
-                raise ValueError(f"{self.inputs.transform}: its field is not on the grid of {self.inputs.reference}")
-        warped = apply_transform(
-            moving, reference.shape, reference.affine, affine, displacement, interpolation=self.inputs.interpolation
-        )
-        warped = warped.astype(moving.data.dtype if labels else np.float32)
+        transform = Transform.read(self.inputs.transform) if self.inputs.transform else Transform(np.eye(4))
+        warped = transform.apply(moving, reference.grid, nearest=labels)
         self._results["out_file"] = os.path.join(os.getcwd(), "warped.nii.gz")
         save_volume(self._results["out_file"], warped, reference.affine)
         return runtime

@@ -23,7 +23,7 @@ __all__ = ["DerivativesSink"]
 class _SinkInputSpec(BaseInterfaceInputSpec):
     base_directory = Directory(mandatory=True, desc="the derivatives dataset (output_dir)")
     in_file = File(exists=True, mandatory=True, desc="file to file")
-    entities = traits.Dict(mandatory=True, desc="BIDS entities of the name (sub, ses, space, desc, ...)")
+    entities = traits.Dict(mandatory=True, desc="pybids entities of the name (subject, session, space, desc, ...)")
     suffix = traits.Str(mandatory=True, desc="T1w, xfm, dseg, jacobian, overlap")
     extension = traits.Str(mandatory=True, desc=".nii.gz, .h5, .tsv")
     metadata = traits.Dict(desc="sidecar fields")
@@ -44,9 +44,10 @@ class DerivativesSink(SimpleInterface):
     always_run = True
 
     def _run_interface(self, runtime):
-        from ..bids.derivatives import derivative_path, sidecar_path
+        from ..bids.derivatives import derivative_path
 
-        target = derivative_path(self.inputs.base_directory, self.inputs.entities, self.inputs.suffix, self.inputs.extension)
+        entities, suffix = self.inputs.entities, self.inputs.suffix
+        target = derivative_path(self.inputs.base_directory, entities, suffix, self.inputs.extension)
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(target) as tmp:
             try:
@@ -57,7 +58,7 @@ class DerivativesSink(SimpleInterface):
         for path in self.inputs.json_files or []:
             with open(path) as handle:
                 sidecar.update(json.load(handle))
-        sidecar_file = sidecar_path(target)
+        sidecar_file = derivative_path(self.inputs.base_directory, entities, suffix, ".json")
         with atomic_output(sidecar_file) as tmp:
             tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
         self._results["out_file"] = str(target)

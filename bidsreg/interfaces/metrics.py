@@ -61,14 +61,15 @@ class JacobianStats(SimpleInterface):
 
     def _run_interface(self, runtime):
         from ..image import load_volume, save_volume
-        from ..itk import read_composite
         from ..metrics import jacobian_stats, world_jacobian_determinant
+        from ..transform import Transform
 
-        _, displacement, field_affine = read_composite(self.inputs.transform)
-        if displacement is None:
+        transform = Transform.read(self.inputs.transform)
+        if not transform.deformable:
             raise ValueError(f"{self.inputs.transform}: an affine transform has no Jacobian map to measure")
+        field_affine = transform.field_affine
         reference = load_volume(self.inputs.mask if self.inputs.mask else self.inputs.reference, labels=bool(self.inputs.mask))
-        det = world_jacobian_determinant(displacement, field_affine).astype(np.float32)
+        det = world_jacobian_determinant(transform.displacement, field_affine).astype(np.float32)
         stats = jacobian_stats(det, reference.data > 0)
         cwd = os.getcwd()
         self._results["out_file"] = os.path.join(cwd, "jacobian.nii.gz")

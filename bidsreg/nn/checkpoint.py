@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
-from ..atomic import atomic_output
 from .networks import AffineNet, DeformableNet
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "build_networks", "has_global_stage"]
@@ -23,11 +22,13 @@ FORMAT = "bidsreg-checkpoint"
 VERSION = 2
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (plain types and tensors) atomically, tagged as a bidsreg checkpoint."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+def save_checkpoint(file: str | os.PathLike | BinaryIO, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (plain types and tensors), tagged as a bidsreg checkpoint.
+
+    The file is written as it is; :func:`bidsreg.methods.training.write_checkpoint` writes
+    one atomically.
+    """
+    torch.save({"format": FORMAT, "version": VERSION, **payload}, file)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

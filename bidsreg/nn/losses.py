@@ -1,4 +1,16 @@
-"""Training losses of the two stages (see METHOD.md).
+"""Training losses of the two stages.
+
+Stage 1 (global) minimises minus the squared global normalised cross-correlation of the fixed
+image ``F`` and the affinely warped moving image ``M_θ`` over all voxels::
+
+    L_global = −(Σ (F − F̄)(M_θ − M̄_θ))² / (Σ (F − F̄)² · Σ (M_θ − M̄_θ)² + ε)
+
+Stage 2 (local) minimises minus the mean over voxels ``k`` of the squared NCC in the 9×9×9
+window around ``k`` (window means instead of image means), plus γ times the mean squared spatial
+gradient of the displacement ``φ`` (means rather than sums, so that γ does not depend on the
+image size)::
+
+    L_local = −mean_k NCC_k(F, M_θ∘φ)² + γ · mean ‖∇φ‖²
 
 All losses are :class:`torch.nn.Module` s on (N, C, X, Y, Z) tensors; they follow the device
 and dtype of their inputs.

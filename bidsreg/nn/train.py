@@ -9,14 +9,15 @@ original comparison). All randomness comes from one seeded :class:`torch.Generat
 whose state is checkpointed, so that a training resumed from a checkpoint is exactly the
 uninterrupted one on CPU. (On CUDA, ``grid_sample``'s 3D backward uses atomic adds and is
 not bitwise reproducible.)
+
+Nothing here reads or writes files: :func:`train` takes images in memory and hands each
+checkpoint to a ``save`` callback (:mod:`bidsreg.methods.training` trains from files).
 """
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,15 +25,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..image import Volume, load_volume
-from ..preprocess import NetworkGrid, PreparedImage, PreprocessConfig, prepare_image, translation
-from ..registration import global_world_map, resolve_device
-from .checkpoint import load_checkpoint, save_checkpoint
+from .affine_stage import global_world_map
+from .augment import gamma, random_affine
+from .grid import Image, NetworkGrid, PreparedImage, PreprocessConfig, prepare_image, translation
 from .layers import AffineTransformer, SpatialTransformer
 from .losses import GlobalNCC, Gradient, LocalNCC
+from .model import resolve_device
 from .networks import AffineNet, DeformableNet
 
-__all__ = ["TrainConfig", "train", "random_affine", "rotation_matrix"]
+__all__ = ["TrainConfig", "same_run", "train", "training_data"]
 
 
 @dataclass(frozen=True)
@@ -134,48 +135,31 @@ class TrainConfig:
         return cls(**values)
 
 
-def rotation_matrix(degrees: Sequence[float]) -> np.ndarray:
-    """(3, 3) rotation about the first, then the second, then the third axis (degrees)."""
-    matrix = np.eye(3)
-    for axis, angle in enumerate(np.deg2rad(np.asarray(degrees, dtype=np.float64))):
-        c, s = math.cos(angle), math.sin(angle)
-        a, b = [d for d in range(3) if d != axis]
-        r = np.eye(3)
-        r[a, a], r[a, b], r[b, a], r[b, b] = c, -s, s, c
-        matrix = r @ matrix
-    return matrix
+def training_data(images: Sequence[Image]) -> dict:
+    """The summary of a cohort that a checkpoint records: how many images and their file names."""
+    return {"n_images": len(images),
+            "images": [Path(image.path).name if image.path else f"image-{i}" for i, image in enumerate(images)]}
 
 
-def random_affine(
-    generator: torch.Generator, centre: np.ndarray, max_rotation: float, max_scaling: float, max_translation: float
-) -> np.ndarray:
-    """A random (4, 4) RAS world map about ``centre``: rotation, scaling and translation.
-
-    Parameters are drawn uniformly within the bounds (degrees per axis, relative scaling per
-    axis, mm per axis); the map itself is then a deterministic function of them.
-    """
-    u = torch.rand(9, generator=generator, dtype=torch.float64).numpy() * 2 - 1
-    angles = np.deg2rad(max_rotation) * u[:3]
-    scales = 1 + max_scaling * u[3:6]
-    shift = max_translation * u[6:9]
-    rotation = rotation_matrix(np.rad2deg(angles))
-    linear = rotation @ np.diag(scales)
-    matrix = np.eye(4)
-    matrix[:3, :3] = linear
-    matrix[:3, 3] = centre - linear @ centre + shift
-    return matrix
-
-
-def _gamma(image: torch.Tensor, generator: torch.Generator, sd: float) -> torch.Tensor:
-    exponent = math.exp(sd * float(torch.randn(1, generator=generator, dtype=torch.float64)))
-    return image.clamp(min=0) ** exponent
+def same_run(payload: dict, config: TrainConfig, images: Sequence[Image]) -> bool:
+    """Whether a checkpoint holds a training of ``config`` on ``images`` (which it may resume)."""
+    return payload["training"]["config"] == config.to_dict() and payload["training"]["data"] == training_data(images)
 
 
 @dataclass
 class _Cohort:
     images: list[PreparedImage]
     grids: list[NetworkGrid]
-    names: list[str]
+
+    @classmethod
+    def prepare(cls, images: Sequence[Image], config: PreprocessConfig, device: torch.device, min_side: int) -> "_Cohort":
+        if len(images) < 2:
+            raise ValueError(f"training needs at least 2 images, got {len(images)}")
+        prepared = []
+        for volume in images:
+            image = prepare_image(volume, config)
+            prepared.append(PreparedImage(image.tensor.to(device), image.affine, image.centre, image.path))
+        return cls(prepared, [NetworkGrid.covering(image, config, min_side) for image in prepared])
 
     def pair(self, generator: torch.Generator) -> tuple[int, int]:
         n = len(self.images)
@@ -183,60 +167,144 @@ class _Cohort:
         moving = (fixed + 1 + int(torch.randint(n - 1, (1,), generator=generator))) % n
         return fixed, moving
 
-
-def _load_cohort(
-    images: Sequence[Volume | str | os.PathLike], config: PreprocessConfig, device: torch.device, min_side: int
-) -> _Cohort:
-    if len(images) < 2:
-        raise ValueError(f"training needs at least 2 images, got {len(images)}")
-    prepared, grids, names = [], [], []
-    for item in images:
-        volume = item if isinstance(item, Volume) else load_volume(item)
-        image = prepare_image(volume, config)
-        image = PreparedImage(image.tensor.to(device), image.affine, image.centre, image.path)
-        prepared.append(image)
-        grids.append(NetworkGrid.covering(image, config, min_side))
-        names.append(Path(volume.path).name if volume.path else f"image-{len(names)}")
-    return _Cohort(prepared, grids, names)
+    def sample(self, generator: torch.Generator, config: TrainConfig):
+        """Draw a pair and its augmentation; returns (grid, fixed on grid, moving image, start map)."""
+        i, j = self.pair(generator)
+        fixed, moving, grid = self.images[i], self.images[j], self.grids[i]
+        fixed_map = random_affine(
+            generator, fixed.centre, config.fixed_max_rotation, config.fixed_max_scaling, config.fixed_max_translation
+        )
+        moving_map = random_affine(generator, moving.centre, config.max_rotation, config.max_scaling,
+                                   config.max_translation)
+        start = moving_map @ translation(moving.centre - fixed.centre) @ fixed_map
+        fixed_grid = gamma(grid.resample(fixed, fixed_map), generator, config.gamma_sd)
+        return grid, fixed_grid, moving, start
 
 
-def _sample_pair(cohort: _Cohort, generator: torch.Generator, config: TrainConfig):
-    """Draw a pair and its augmentation; returns (grid, fixed on grid, moving image, start map)."""
-    i, j = cohort.pair(generator)
-    fixed, moving, grid = cohort.images[i], cohort.images[j], cohort.grids[i]
-    fixed_map = random_affine(
-        generator, fixed.centre, config.fixed_max_rotation, config.fixed_max_scaling, config.fixed_max_translation
-    )
-    moving_map = random_affine(generator, moving.centre, config.max_rotation, config.max_scaling, config.max_translation)
-    start = moving_map @ translation(moving.centre - fixed.centre) @ fixed_map
-    fixed_grid = _gamma(grid.resample(fixed, fixed_map), generator, config.gamma_sd)
-    return grid, fixed_grid, moving, start
+class _Training:
+    """The state of a training run: networks, optimisers, random generator, loss history."""
+
+    def __init__(self, config: TrainConfig, device: torch.device, affine_net: AffineNet, data: dict) -> None:
+        self.config, self.device, self.data = config, device, data
+        self.affine_net = affine_net
+        self.deformable_net = DeformableNet(
+            config.encoder, config.decoder, config.head, config.diffeomorphic, config.integration_steps
+        ).to(device)
+        self.optimisers = {
+            "affine": torch.optim.Adam(self.affine_net.parameters(), lr=config.affine_learning_rate),
+            "deformable": torch.optim.Adam(self.deformable_net.parameters(), lr=config.learning_rate),
+        }
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.history: dict[str, list[float]] = {"affine": [], "deformable": []}
+        self.step, self.seconds_before = 0, 0.0
+        self.started = time.perf_counter()
+        self.losses = {"global": GlobalNCC(), "local": LocalNCC(config.window), "grad": Gradient()}
+        self.warp_affine, self.warp_field = AffineTransformer(), SpatialTransformer()
+
+    @property
+    def total(self) -> int:
+        return self.config.affine_steps + self.config.deformable_steps
+
+    @property
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def restore(self, payload: dict) -> None:
+        """Continue the unfinished run of ``payload``."""
+        self.affine_net.load_state_dict(payload["state"]["affine"])
+        self.deformable_net.load_state_dict(payload["state"]["deformable"])
+        for key, optimiser in self.optimisers.items():
+            optimiser.load_state_dict(payload["resume"]["optimisers"][key])
+        self.generator.set_state(payload["resume"]["generator"])
+        self.history = {key: list(values) for key, values in payload["training"]["history"].items()}
+        self.step = int(payload["resume"]["step"])
+        self.seconds_before = float(payload["training"]["seconds"])
+
+    def loss(self, cohort: _Cohort) -> tuple[str, torch.Tensor]:
+        """The stage trained at this step and its loss on a newly drawn pair."""
+        config = self.config
+        grid, fixed_grid, moving, start = cohort.sample(self.generator, config)
+        if self.step < config.affine_steps:
+            moving_grid = gamma(grid.resample(moving, start), self.generator, config.gamma_sd)
+            fixed_low, moving_low = self.affine_net.downsample(fixed_grid), self.affine_net.downsample(moving_grid)
+            thetas = self.affine_net.cascade(fixed_low, moving_low)
+            similarity = self.losses["global"]
+            return "affine", sum(similarity(fixed_low, self.warp_affine(moving_low, theta)) for theta in thetas) / len(thetas)
+        world_map = start
+        if config.global_stage:
+            with torch.no_grad():
+                world_map = global_world_map(self.affine_net, grid, fixed_grid, moving, start)
+        moving_grid = gamma(grid.resample(moving, world_map), self.generator, config.gamma_sd)
+        field_voxels = self.deformable_net(fixed_grid, moving_grid)
+        similarity = self.losses["local"](fixed_grid, self.warp_field(moving_grid, field_voxels))
+        return "deformable", similarity + config.smoothness * self.losses["grad"](field_voxels)
+
+    def advance(self, stage: str, loss: torch.Tensor) -> None:
+        """One optimiser step of ``stage``."""
+        optimiser = self.optimisers[stage]
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_((self.affine_net if stage == "affine" else self.deformable_net).parameters(), 10.0)
+        optimiser.step()
+        self.history[stage].append(loss.item())
+        self.step += 1
+
+    def snapshot(self) -> dict:
+        """The checkpoint payload of the run so far (with what resuming needs while unfinished)."""
+        complete = self.step >= self.total
+        out = {
+            "networks": {"affine": self.affine_net.config, "deformable": self.deformable_net.config},
+            "state": {"affine": self.affine_net.state_dict(), "deformable": self.deformable_net.state_dict()},
+            "preprocess": self.config.preprocess.to_dict(),
+            "training": {
+                "config": self.config.to_dict(),
+                "data": self.data,
+                "history": self.history,
+                "complete": complete,
+                "smoothness": self.config.smoothness,
+                "window": self.config.window,
+                "seed": self.config.seed,
+                "device": self.device.type,
+                "steps": self.step,
+                "seconds": self.seconds,
+            },
+        }
+        if not complete:
+            out["resume"] = {
+                "step": self.step,
+                "generator": self.generator.get_state(),
+                "optimisers": {key: optimiser.state_dict() for key, optimiser in self.optimisers.items()},
+            }
+        return out
 
 
 def train(
-    images: Sequence[Volume | str | os.PathLike],
-    checkpoint: str | os.PathLike,
+    images: Sequence[Image],
     config: TrainConfig = TrainConfig(),
     *,
     device: str | torch.device = "auto",
+    resume: dict | None = None,
+    save: Callable[[dict], None] | None = None,
     until: int | None = None,
     progress: bool = True,
     log_every: int = 0,
 ) -> dict:
-    """Train both stages and write a checkpoint; resume if ``checkpoint`` holds an unfinished run.
+    """Train both stages (or the local one alone, ``config.global_stage`` False).
 
     Parameters
     ----------
-    images : sequence of Volume or path-like
-        Training images (T1w brains); no labels are used.
-    checkpoint : path-like
-        Output file. If it exists and holds an unfinished run with the same configuration and
-        data, training resumes from it; if it holds a finished one, it is returned unchanged.
+    images : sequence of Image
+        Training images (T1w brains, e.g. :class:`bidsreg.image.Volume`); no labels are used.
     config : TrainConfig
     device : str or torch.device
         "auto" (CUDA if available), "cpu" or "cuda".
+    resume : dict, optional
+        The checkpoint payload of a run of this configuration on these images
+        (:func:`same_run`): an unfinished one is continued, a finished one returned as it is.
+    save : callable, optional
+        Called with the checkpoint payload every ``config.checkpoint_every`` steps and at the end.
     until : int, optional
-        Stop after this many steps in all (both stages), leaving a resumable checkpoint.
+        Stop after this many steps in all (both stages), with a resumable payload.
     progress : bool
         Show a tqdm progress bar with the running loss.
     log_every : int
@@ -248,114 +316,44 @@ def train(
     -------
     dict
         The checkpoint payload.
+
+    Raises
+    ------
+    ValueError
+        With fewer than two images, or a ``resume`` payload of another run.
     """
     dev = resolve_device(device)
-    checkpoint = Path(checkpoint)
-    payload = load_checkpoint(checkpoint) if checkpoint.exists() else None
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # before building the networks: it seeds their initialisation
     affine_net = AffineNet(
         config.affine_features, norm=config.affine_norm, pool=config.affine_pool, passes=config.affine_passes
     ).to(dev)
-    cohort = _load_cohort(images, config.preprocess, dev, affine_net.min_side)
-    data_summary = {"n_images": len(cohort.names), "images": cohort.names}
-    if payload is not None:
-        if payload["training"]["config"] != config.to_dict() or payload["training"]["data"] != data_summary:
-            raise ValueError(
-                f"{checkpoint}: holds a training with another configuration or other images; "
-                "choose a new output file or delete it to start again"
-            )
-        if payload["training"]["complete"]:
-            return payload
-
-    deformable_net = DeformableNet(
-        config.encoder, config.decoder, config.head, config.diffeomorphic, config.integration_steps
-    ).to(dev)
-    optimisers = {
-        "affine": torch.optim.Adam(affine_net.parameters(), lr=config.affine_learning_rate),
-        "deformable": torch.optim.Adam(deformable_net.parameters(), lr=config.learning_rate),
-    }
-    generator = torch.Generator().manual_seed(config.seed)
-    history: dict[str, list[float]] = {"affine": [], "deformable": []}
-    step, seconds = 0, 0.0
-    if payload is not None:
-        affine_net.load_state_dict(payload["state"]["affine"])
-        deformable_net.load_state_dict(payload["state"]["deformable"])
-        for key, opt in optimisers.items():
-            opt.load_state_dict(payload["resume"]["optimisers"][key])
-        generator.set_state(payload["resume"]["generator"])
-        history = {key: list(values) for key, values in payload["training"]["history"].items()}
-        step = int(payload["resume"]["step"])
-        seconds = float(payload["training"]["seconds"])
-    started = time.perf_counter()
-
-    total = config.affine_steps + config.deformable_steps
-    stop = total if until is None else min(total, until)
-    losses = {"global": GlobalNCC(), "local": LocalNCC(config.window), "grad": Gradient()}
-    warp_affine, warp_field = AffineTransformer(), SpatialTransformer()
-
-    def snapshot(complete: bool) -> dict:
-        out = {
-            "networks": {"affine": affine_net.config, "deformable": deformable_net.config},
-            "state": {"affine": affine_net.state_dict(), "deformable": deformable_net.state_dict()},
-            "preprocess": config.preprocess.to_dict(),
-            "training": {
-                "config": config.to_dict(),
-                "data": data_summary,
-                "history": history,
-                "complete": complete,
-                "smoothness": config.smoothness,
-                "window": config.window,
-                "seed": config.seed,
-                "device": dev.type,
-                "steps": step,
-                "seconds": seconds + time.perf_counter() - started,
-            },
-        }
-        if not complete:
-            out["resume"] = {
-                "step": step,
-                "generator": generator.get_state(),
-                "optimisers": {key: opt.state_dict() for key, opt in optimisers.items()},
-            }
-        return out
-
-    bar = tqdm(total=total, initial=step, disable=not progress, desc="training", unit="step")
-    while step < stop:
-        grid, fixed_grid, moving, start = _sample_pair(cohort, generator, config)
-        if step < config.affine_steps:
-            stage = "affine"
-            moving_grid = _gamma(grid.resample(moving, start), generator, config.gamma_sd)
-            fixed_low, moving_low = affine_net.downsample(fixed_grid), affine_net.downsample(moving_grid)
-            thetas = affine_net.cascade(fixed_low, moving_low)
-            loss = sum(losses["global"](fixed_low, warp_affine(moving_low, theta)) for theta in thetas) / len(thetas)
-        else:
-            stage = "deformable"
-            world_map = start
-            if config.global_stage:
-                with torch.no_grad():
-                    world_map = global_world_map(affine_net, grid, fixed_grid, moving, start)
-            moving_grid = _gamma(grid.resample(moving, world_map), generator, config.gamma_sd)
-            field_voxels = deformable_net(fixed_grid, moving_grid)
-            loss = losses["local"](fixed_grid, warp_field(moving_grid, field_voxels)) + config.smoothness * losses[
-                "grad"
-            ](field_voxels)
-        optimisers[stage].zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_((affine_net if stage == "affine" else deformable_net).parameters(), 10.0)
-        optimisers[stage].step()
-        history[stage].append(loss.item())
-        step += 1
+    cohort = _Cohort.prepare(images, config.preprocess, dev, affine_net.min_side)
+    if resume is not None:
+        if not same_run(resume, config, images):
+            raise ValueError("the checkpoint to resume holds a training with another configuration or other images")
+        if resume["training"]["complete"]:
+            return resume
+    run = _Training(config, dev, affine_net, training_data(images))
+    if resume is not None:
+        run.restore(resume)
+    run.started = time.perf_counter()
+    stop = run.total if until is None else min(run.total, until)
+    bar = tqdm(total=run.total, initial=run.step, disable=not progress, desc="training", unit="step")
+    while run.step < stop:
+        stage, loss = run.loss(cohort)
+        run.advance(stage, loss)
         bar.update(1)
-        bar.set_postfix(stage=stage, loss=f"{history[stage][-1]:.4f}")
-        if log_every and (step % log_every == 0 or step == total):
-            recent = history[stage][-log_every:]
+        bar.set_postfix(stage=stage, loss=f"{run.history[stage][-1]:.4f}")
+        if log_every and (run.step % log_every == 0 or run.step == run.total):
+            recent = run.history[stage][-log_every:]
             logging.getLogger("bidsreg").info(
                 "training step %d/%d (%s): mean loss %.4f over the last %d steps, %.0f s",
-                step, total, stage, float(np.mean(recent)), len(recent), seconds + time.perf_counter() - started,
+                run.step, run.total, stage, float(np.mean(recent)), len(recent), run.seconds,
             )
-        if step % config.checkpoint_every == 0 and step < total:
-            save_checkpoint(checkpoint, snapshot(False))
+        if save is not None and run.step % config.checkpoint_every == 0 and run.step < run.total:
+            save(run.snapshot())
     bar.close()
-    payload = snapshot(step >= total)
-    save_checkpoint(checkpoint, payload)
+    payload = run.snapshot()
+    if save is not None:
+        save(payload)
     return payload

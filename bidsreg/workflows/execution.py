@@ -15,7 +15,7 @@ import math
 import os
 import re
 
-from nipype.interfaces.utility import Merge
+from nipype.interfaces.utility import IdentityInterface, Merge
 from nipype.pipeline import engine as pe
 
 from ..interfaces.derivatives import DerivativesSink
@@ -68,6 +68,8 @@ def prepare_slurm(workflow: pe.Workflow, plugin: str, plugin_args: dict) -> int:
     jobs = 0
     for name in workflow.list_node_names():
         node = workflow.get_node(name)
+        if isinstance(node.interface, IdentityInterface):  # Nipype takes them out of the graph it runs
+            continue
         if plugin == "SLURM" and isinstance(node.interface, _IN_PROCESS):
             node.run_without_submitting = True
             continue

@@ -7,61 +7,32 @@ Jacobian of deformable transforms, and file everything as BIDS derivatives.
 
 A sketch for sub-10 with ``--methods cnn,antssyn`` and labels::
 
-    cnn_global ──> evaluate_cnnaffine_wf
-        └──> cnn_local ──> evaluate_cnn_wf
-    register_antssyn ──> evaluate_antssyn_wf
-    (identity) ──> evaluate_original_wf  (labels through scanner coordinates: "original")
+    inputnode ──> register_cnnaffine ──> evaluate_cnnaffine_wf ──> outputnode
+                        └──> register_cnn ──> evaluate_cnn_wf ──────┘
+              ──> register_antssyn ──> evaluate_antssyn_wf ─────────┘
+              ──> evaluate_original_wf  (labels through scanner coordinates: "original")
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
 from pathlib import Path
+from typing import Any
 
+from nipype.interfaces.utility import IdentityInterface, Merge
 from nipype.pipeline import engine as pe
 
-from ..bids.layout import FixedImage
+from ..bids.layout import FixedImage, T1wInput
 from ..interfaces.apply import ApplyTransform, MaskImage
 from ..interfaces.derivatives import DerivativesSink
 from ..interfaces.metrics import JacobianStats, LabelOverlap
-from ..interfaces.registration import CNNGlobal, CNNLocal, CNNOneStage, MethodRegistration
-from ..methods import METHODS, TABLE, deformable
+from ..interfaces.registration import Registration
+from ..methods.base import Context, config_parameters
+from ..methods.table import TABLE, deformable
 
-__all__ = ["RunSettings", "init_evaluate_wf", "init_participant_wf", "workflow_name"]
+__all__ = ["init_evaluate_wf", "init_participant_wf", "workflow_name"]
 
 #: Entities of an input T1w that its derivatives keep.
 _KEPT = ("subject", "session", "acquisition", "ceagent", "reconstruction", "run")
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """How the methods run (from the command line).
-
-    Attributes
-    ----------
-    methods : tuple of str
-        Names of :data:`bidsreg.methods.TABLE`; ``cnn`` also yields ``cnnaffine``.
-    models : dict
-        The checkpoint of each network method (``cnn``, ``voxelmorph``) that runs.
-    parameters : dict
-        Per method, its parameters (:func:`bidsreg.methods.method_parameters`; absent: defaults).
-    seg : str
-        ``seg-`` label of label maps and overlap tables (the ``--labels-desc``).
-    device : str
-    omp_nthreads : int
-        Threads of each registration.
-    seed : int
-    instance_steps : int
-        Local instance optimisation of the networks (0: off).
-    """
-
-    methods: tuple[str, ...]
-    models: dict[str, Path] = field(default_factory=dict)
-    parameters: dict[str, dict] = field(default_factory=dict)
-    seg: str = "labels"
-    device: str = "auto"
-    omp_nthreads: int = 1
-    seed: int = 0
-    instance_steps: int = 0
 
 
 def workflow_name(entities: dict) -> str:
@@ -72,109 +43,114 @@ def workflow_name(entities: dict) -> str:
 
 def init_participant_wf(
     *,
-    t1w: Path,
-    entities: dict,
+    t1w: T1wInput,
     fixed: FixedImage,
-    settings: RunSettings,
+    methods: dict[str, Any],
+    context: Context,
     output_dir: Path,
-    labels: Path | None = None,
-    mask: Path | None = None,
-    skull_stripped: bool | None = True,
+    seg: str = "labels",
     name: str | None = None,
 ) -> pe.Workflow:
-    """Register one T1w image to ``fixed`` with every method of ``settings``.
+    """Register one T1w image to ``fixed`` with every method of ``methods``.
 
     Parameters
     ----------
-    t1w : Path
-        The subject's T1w image.
-    entities : dict
-        Its pybids entities (subject, session, run, ...).
+    t1w : T1wInput
+        The subject's T1w image, with its label map (measured when ``fixed`` has labels too),
+        brain mask (the T1w is brain-extracted with it first) and ``SkullStripped``.
     fixed : FixedImage
-    settings : RunSettings
+    methods : dict
+        Per method of :data:`~bidsreg.methods.table.TABLE`, its configuration (a network's
+        ``model`` filled in).
+    context : Context
+        Seed, threads of each registration, torch device.
     output_dir : Path
         The derivatives dataset.
-    labels : Path, optional
-        The subject's label map on the T1w grid; with ``fixed.labels`` the overlaps are measured.
-    mask : Path, optional
-        Brain mask: the T1w is brain-extracted with it before registration.
-    skull_stripped : bool or None
-        The T1w sidecar's ``SkullStripped`` (recorded in the sidecars; the report warns).
+    seg : str
+        ``seg-`` label of label maps and overlap tables.
     name : str, optional
         Default: :func:`workflow_name`.
 
     Returns
     -------
     nipype.pipeline.engine.Workflow
+        ``inputnode``: ``t1w``, ``labels``, ``mask`` (set from ``t1w``). ``outputnode``: per
+        reported method ``m``, ``xfm_<m>`` (its filed forward transform) and, when overlaps
+        are measured, ``overlap_<m>`` (its overlap table; ``overlap_original`` too).
     """
-    unknown = sorted(set(settings.methods) - set(METHODS))
-    if unknown or not settings.methods:
-        raise ValueError(f"unknown method(s) {unknown or '(none)'}; choose from {', '.join(METHODS)}")
-    untrained = [name for name in settings.methods if TABLE[name].model and name not in settings.models]
+    unknown = sorted(set(methods) - set(TABLE))
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown or '(none)'}; choose from {', '.join(TABLE)}")
+    untrained = [m for m, config in methods.items() if TABLE[m].network and getattr(config, "model", None) is None]
     if untrained:
         raise ValueError(f"the {', '.join(untrained)} method(s) need a model (a bidsreg checkpoint)")
-    kept = {key: entities[key] for key in _KEPT if entities.get(key) is not None}
+    kept = {key: t1w.entities[key] for key in _KEPT if t1w.entities.get(key) is not None}
+    measure = t1w.labels is not None and fixed.labels is not None
+    reported = [stage.name for m in methods for stage in TABLE[m].stages]
     workflow = pe.Workflow(name=name or workflow_name(kept))
-    measure = labels is not None and fixed.labels is not None
-    source = {
-        "Sources": [str(t1w)] + ([str(mask)] if mask else []),
-        "SkullStripped": skull_stripped if mask is None else True,
+    inputnode = pe.Node(IdentityInterface(fields=["t1w", "labels", "mask"]), name="inputnode")
+    inputnode.inputs.t1w = str(t1w.path)
+    for field, path in (("labels", t1w.labels), ("mask", t1w.mask)):
+        if path is not None:
+            setattr(inputnode.inputs, field, str(path))
+    outputs = [f"xfm_{m}" for m in reported] + ([f"overlap_{m}" for m in ("original", *reported)] if measure else [])
+    outputnode = pe.Node(IdentityInterface(fields=outputs), name="outputnode")
+    metadata = {
+        "Sources": [str(t1w.path)] + ([str(t1w.mask)] if t1w.mask else []),
+        "SkullStripped": t1w.skull_stripped if t1w.mask is None else True,
         "SpatialReference": fixed.source if fixed.source.startswith("sub-") else str(fixed.path),
         "FixedImage": str(fixed.path),
         "Space": fixed.space,
     }
 
-    moving = pe.Node(MaskImage(in_file=str(t1w), mask=str(mask)), name="mask_t1w") if mask else None
+    moving = (inputnode, "t1w")
+    if t1w.mask is not None:
+        mask_t1w = pe.Node(MaskImage(), name="mask_t1w")
+        workflow.connect([(inputnode, mask_t1w, [("t1w", "in_file"), ("mask", "mask")])])
+        moving = (mask_t1w, "out_file")
 
-    def connect_moving(node: pe.Node, field: str = "moving") -> None:
-        if moving is None:
-            setattr(node.inputs, field, str(t1w))
-        else:
-            workflow.connect(moving, "out_file", node, field)
-
-    branches: dict[str, pe.Node] = {}
-    for name in settings.methods:
-        nodes = _registration_nodes(name, fixed, settings)
-        for node in nodes.values():
-            connect_moving(node)
-        if name == "cnn":  # the local stage starts from the global one
-            workflow.connect([(nodes["cnnaffine"], nodes["cnn"], [("forward_transform", "global_transform"),
-                                                                  ("report", "global_report")])])
-        branches.update(nodes)
-
-    for method, node in branches.items():
-        evaluate = init_evaluate_wf(
-            method=method, entities=kept, fixed=fixed, output_dir=output_dir, labels=labels if measure else None,
-            seg=settings.seg, metadata=source,
-        )
-        connect_moving(evaluate.get_node("inputnode"), "moving")
-        workflow.connect([(node, evaluate, [
-            ("forward_transform", "inputnode.forward_transform"),
-            ("inverse_transform", "inputnode.inverse_transform"),
-            ("report", "inputnode.report"),
-        ])])
+    evaluation = {"entities": kept, "fixed": fixed, "output_dir": output_dir, "seg": seg, "metadata": metadata}
+    for method, config in methods.items():
+        for stage, node in _registration_nodes(workflow, method, config, fixed, context).items():
+            evaluate = init_evaluate_wf(method=stage, labels=measure, **evaluation)
+            workflow.connect([
+                (moving[0], node, [(moving[1], "moving")]),
+                (moving[0], evaluate, [(moving[1], "inputnode.moving")]),
+                (node, evaluate, [("forward_transform", "inputnode.forward_transform"),
+                                  ("inverse_transform", "inputnode.inverse_transform"),
+                                  ("report", "inputnode.report")]),
+                (evaluate, outputnode, [("outputnode.forward_transform", f"xfm_{stage}")]),
+            ])
+            if measure:
+                workflow.connect([
+                    (inputnode, evaluate, [("labels", "inputnode.labels")]),
+                    (evaluate, outputnode, [("outputnode.overlap", f"overlap_{stage}")]),
+                ])
     if measure:
-        workflow.add_nodes([_init_original_wf(entities=kept, fixed=fixed, output_dir=output_dir, labels=labels,
-                                              seg=settings.seg, metadata=source)])
+        original = _init_original_wf(**evaluation)
+        workflow.connect([
+            (inputnode, original, [("labels", "inputnode.labels")]),
+            (original, outputnode, [("outputnode.overlap", "overlap_original")]),
+        ])
     return workflow
 
 
-def _registration_nodes(name: str, fixed: FixedImage, settings: RunSettings) -> dict[str, pe.Node]:
-    """The registration node(s) of a method, by the method name each reports."""
-    method, threads = TABLE[name], settings.omp_nthreads
-    common = {"fixed": str(fixed.path), "num_threads": threads}
-    placement = {"n_procs": threads, "mem_gb": method.memory_gb}
-    if method.model is None:
-        node = MethodRegistration(method=name, parameters=settings.parameters.get(name, {}), seed=settings.seed, **common)
-        return {name: pe.Node(node, name=f"register_{name}", **placement)}
-    network = {"model": str(settings.models[name]), "device": settings.device, **common}
-    if method.model == "one-stage":
-        node = CNNOneStage(instance_steps=settings.instance_steps, **network)
-        return {name: pe.Node(node, name=f"register_{name}", **placement)}
-    return {  # the two-stage CNN: the global stage alone is reported too
-        "cnnaffine": pe.Node(CNNGlobal(**network), name="cnn_global", **placement),
-        "cnn": pe.Node(CNNLocal(instance_steps=settings.instance_steps, **network), name="cnn_local", **placement),
-    }
+def _registration_nodes(workflow: pe.Workflow, method: str, config: Any, fixed: FixedImage,
+                        context: Context) -> dict[str, pe.Node]:
+    """The registration node of each stage of a method, chained (a stage starts from the one
+    before it), by the name each reports."""
+    row = TABLE[method]
+    files = [str(value) for value in dataclasses.asdict(config).values() if isinstance(value, Path)]
+    nodes, previous = {}, None
+    for stage in row.stages:
+        node = pe.Node(Registration(
+            fixed=str(fixed.path), method=method, stage=stage.name, parameters=config_parameters(config),
+            parameter_files=files, seed=context.seed, num_threads=context.threads, device=context.device,
+        ), name=f"register_{stage.name}", n_procs=context.threads, mem_gb=row.memory_gb)
+        if previous is not None:
+            workflow.connect([(previous, node, [("forward_transform", "start_transform"), ("report", "start_report")])])
+        nodes[stage.name], previous = node, node
+    return nodes
 
 
 def init_evaluate_wf(
@@ -183,21 +159,38 @@ def init_evaluate_wf(
     entities: dict,
     fixed: FixedImage,
     output_dir: Path,
-    labels: Path | None,
     seg: str,
     metadata: dict,
+    labels: bool,
 ) -> pe.Workflow:
     """Warp, measure and file one method's result.
 
-    Inputs (``inputnode``): ``moving`` (the registered T1w), ``forward_transform``,
-    ``inverse_transform`` (ITK composites) and ``report`` (the registration's JSON).
-    """
-    from nipype.interfaces.utility import IdentityInterface
+    Parameters
+    ----------
+    method : str
+        The reported method name (``desc-`` entity).
+    entities : dict
+        The T1w's pybids entities that its derivatives keep.
+    fixed : FixedImage
+    output_dir : Path
+    seg : str
+    metadata : dict
+        Sidecar fields of every derivative (sources, fixed image, space).
+    labels : bool
+        Warp the subject's label map and measure its overlap with the fixed one.
 
+    Returns
+    -------
+    nipype.pipeline.engine.Workflow
+        ``inputnode``: ``moving`` (the registered T1w), ``forward_transform``,
+        ``inverse_transform`` (ITK composites), ``report`` (the registration's JSON) and
+        ``labels`` (the subject's label map). ``outputnode``: ``forward_transform`` and
+        ``overlap`` (the filed transform and overlap table).
+    """
     workflow = pe.Workflow(name=f"evaluate_{method}_wf")
-    inputnode = pe.Node(
-        IdentityInterface(fields=["moving", "forward_transform", "inverse_transform", "report"]), name="inputnode"
-    )
+    inputnode = pe.Node(IdentityInterface(fields=["moving", "forward_transform", "inverse_transform", "report",
+                                                  "labels"]), name="inputnode")
+    outputnode = pe.Node(IdentityInterface(fields=["forward_transform", "overlap"]), name="outputnode")
     space = fixed.space
     described = {**entities, "desc": method}
     sink = {"base_directory": str(output_dir), "metadata": {**metadata, "Method": method}}
@@ -212,12 +205,16 @@ def init_evaluate_wf(
     ds_inverse = pe.Node(DerivativesSink(
         entities={**described, "from": space, "to": "T1w", "mode": "image"}, suffix="xfm", extension=".h5", **sink
     ), name="ds_inverse")
+    merge = pe.Node(Merge(2), name="merge_reports")  # the registration's report and the Jacobian's statistics
     workflow.connect([
         (inputnode, warp_t1w, [("moving", "in_file"), ("forward_transform", "transform")]),
         (warp_t1w, ds_t1w, [("out_file", "in_file")]),
         (inputnode, ds_t1w, [("report", "json_files")]),
         (inputnode, ds_forward, [("forward_transform", "in_file")]),
         (inputnode, ds_inverse, [("inverse_transform", "in_file"), ("report", "json_files")]),
+        (inputnode, merge, [("report", "in1")]),
+        (merge, ds_forward, [("out", "json_files")]),
+        (ds_forward, outputnode, [("out_file", "forward_transform")]),
     ])
     if deformable(method):
         jacobian = pe.Node(JacobianStats(reference=str(fixed.path)), name="jacobian")
@@ -227,69 +224,51 @@ def init_evaluate_wf(
         workflow.connect([
             (inputnode, jacobian, [("forward_transform", "transform")]),
             (jacobian, ds_jacobian, [("out_file", "in_file"), ("out_stats", "json_files")]),
+            (jacobian, merge, [("out_stats", "in2")]),
         ])
-    merge = _merge_reports(workflow, inputnode, jacobian if deformable(method) else None)
-    workflow.connect(merge, "out", ds_forward, "json_files")
-    if labels is not None:
-        _add_overlap(workflow, inputnode, labels=labels, fixed=fixed, entities=described, seg=seg, sink=sink,
-                     transform=True, merge=merge)
-    return workflow
-
-
-def _merge_reports(workflow: pe.Workflow, inputnode: pe.Node, jacobian: pe.Node | None) -> pe.Node:
-    """The registration report and (deformable methods) the Jacobian statistics, as one list."""
-    from nipype.interfaces.utility import Merge
-
-    merge = pe.Node(Merge(2), name="merge_reports")
-    workflow.connect(inputnode, "report", merge, "in1")
-    if jacobian is not None:
-        workflow.connect(jacobian, "out_stats", merge, "in2")
-    return merge
-
-
-def _add_overlap(
-    workflow: pe.Workflow,
-    inputnode: pe.Node | None,
-    *,
-    labels: Path,
-    fixed: FixedImage,
-    entities: dict,
-    seg: str,
-    sink: dict,
-    transform: bool,
-    merge: pe.Node | None = None,
-) -> None:
-    """Warp the label map (through ``inputnode``'s forward transform when ``transform``, else
-    scanner coordinates), measure its overlap with the fixed labels and file both."""
-    warp_labels = pe.Node(ApplyTransform(in_file=str(labels), reference=str(fixed.labels), interpolation="nearest"),
-                          name="warp_labels")
-    overlap = pe.Node(LabelOverlap(fixed_labels=str(fixed.labels)), name="overlap")
-    if fixed.lut is not None:
-        overlap.inputs.lut = str(fixed.lut)
-    ds_overlap = pe.Node(DerivativesSink(
-        entities={**entities, "seg": seg}, suffix="overlap", extension=".tsv", **sink
-    ), name="ds_overlap")
-    workflow.connect([
-        (warp_labels, overlap, [("out_file", "warped_labels")]),
-        (overlap, ds_overlap, [("out_table", "in_file")]),
-    ])
-    if transform:
+    if labels:
+        warp_labels, ds_overlap = _add_overlap(workflow, inputnode, fixed=fixed, entities=described, seg=seg, sink=sink)
         ds_dseg = pe.Node(DerivativesSink(
-            entities={**entities, "space": fixed.space, "seg": seg}, suffix="dseg", extension=".nii.gz", **sink
+            entities={**described, "space": space, "segmentation": seg}, suffix="dseg", extension=".nii.gz", **sink
         ), name="ds_dseg")
         workflow.connect([
             (inputnode, warp_labels, [("forward_transform", "transform")]),
             (warp_labels, ds_dseg, [("out_file", "in_file")]),
             (merge, ds_overlap, [("out", "json_files")]),
+            (ds_overlap, outputnode, [("out_file", "overlap")]),
         ])
+    return workflow
 
 
-def _init_original_wf(
-    *, entities: dict, fixed: FixedImage, output_dir: Path, labels: Path, seg: str, metadata: dict
-) -> pe.Workflow:
-    """The "original" overlap: labels resampled through scanner coordinates, no transform."""
+def _add_overlap(workflow: pe.Workflow, inputnode: pe.Node, *, fixed: FixedImage, entities: dict, seg: str,
+                 sink: dict) -> tuple[pe.Node, pe.Node]:
+    """Warp ``inputnode``'s label map onto the fixed labels' grid, measure their overlap and
+    file the table; returns the warp node (its transform left to connect) and the sink."""
+    warp_labels = pe.Node(ApplyTransform(reference=str(fixed.labels), interpolation="nearest"), name="warp_labels")
+    overlap = pe.Node(LabelOverlap(fixed_labels=str(fixed.labels)), name="overlap")
+    if fixed.lut is not None:
+        overlap.inputs.lut = str(fixed.lut)
+    ds_overlap = pe.Node(DerivativesSink(
+        entities={**entities, "segmentation": seg}, suffix="overlap", extension=".tsv", **sink
+    ), name="ds_overlap")
+    workflow.connect([
+        (inputnode, warp_labels, [("labels", "in_file")]),
+        (warp_labels, overlap, [("out_file", "warped_labels")]),
+        (overlap, ds_overlap, [("out_table", "in_file")]),
+    ])
+    return warp_labels, ds_overlap
+
+
+def _init_original_wf(*, entities: dict, fixed: FixedImage, output_dir: Path, seg: str, metadata: dict) -> pe.Workflow:
+    """The "original" overlap: labels resampled through scanner coordinates, no transform.
+
+    ``inputnode``: ``labels``; ``outputnode``: ``overlap`` (the filed table).
+    """
     workflow = pe.Workflow(name="evaluate_original_wf")
+    inputnode = pe.Node(IdentityInterface(fields=["labels"]), name="inputnode")
+    outputnode = pe.Node(IdentityInterface(fields=["overlap"]), name="outputnode")
     sink = {"base_directory": str(output_dir), "metadata": {**metadata, "Method": "original"}}
-    _add_overlap(workflow, None, labels=labels, fixed=fixed, entities={**entities, "desc": "original"}, seg=seg,
-                 sink=sink, transform=False)
+    _, ds_overlap = _add_overlap(workflow, inputnode, fixed=fixed, entities={**entities, "desc": "original"}, seg=seg,
+                                 sink=sink)
+    workflow.connect(ds_overlap, "out_file", outputnode, "overlap")
     return workflow

@@ -1,0 +1,142 @@
+"""The configuration of one bidsreg run: built once by the command line, then passed down.
+
+:class:`Config` is frozen; the levels, the workflow factories and the interfaces read what they
+need from it (or from what it hands them: :attr:`Config.context`, :attr:`Config.method_configs`),
+and :func:`write_config` stores it in the derivatives (``logs/``) beside what the run wrote.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_output
+from .methods.base import Context, config_parameters
+from .nn.train import TrainConfig
+
+__all__ = ["Config", "write_config"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run of ``bidsreg bids_dir output_dir level`` is asked to do.
+
+    Attributes
+    ----------
+    bids_dir, output_dir : Path
+        The input dataset and the derivatives dataset (absolute).
+    analysis_level : str
+        ``train``, ``participant`` or ``group``.
+    participant_label, session_label : tuple of str
+        Subjects and sessions to process, without ``sub-``/``ses-`` (empty: all).
+    bids_filter_file : Path or None
+        A PyBIDS filter JSON.
+    skip_bids_validation : bool
+    fixed : str or None
+        ``sub-XX`` (a subject of the dataset) or the path of a NIfTI image.
+    fixed_labels : Path or None
+        The label map of a ``fixed`` path.
+    labels : Path or None
+        Derivatives dataset of label maps (``_dseg``), with ``labels_desc`` their ``desc``.
+    labels_desc : str or None
+    masks : Path or None
+        Derivatives dataset of brain masks.
+    methods : tuple of str
+        Names of :data:`bidsreg.methods.table.TABLE`.
+    method_configs : dict
+        Per method, its configuration (the networks' ``model`` filled in at the participant
+        level).
+    affine_steps, deformable_steps : int
+        Training steps of the networks' two stages.
+    work_dir : Path or None
+        Nipype's working directory (default: :attr:`work`).
+    nprocs, omp_nthreads : int
+        CPU cores of the run, threads of each registration.
+    mem_gb : float or None
+        Memory MultiProc may use.
+    plugin : str
+    plugin_args : dict
+    stop_on_first_crash : bool
+    device : str
+        torch device of the networks.
+    seed : int
+    verbose : int
+    recipe : Path or None
+        The TOML recipe the options came from.
+    """
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    participant_label: tuple[str, ...] = ()
+    session_label: tuple[str, ...] = ()
+    bids_filter_file: Path | None = None
+    skip_bids_validation: bool = False
+    fixed: str | None = None
+    fixed_labels: Path | None = None
+    labels: Path | None = None
+    labels_desc: str | None = None
+    masks: Path | None = None
+    methods: tuple[str, ...] = ("cnn",)
+    method_configs: dict[str, Any] = field(default_factory=dict)
+    affine_steps: int = TrainConfig.affine_steps
+    deformable_steps: int = TrainConfig.deformable_steps
+    work_dir: Path | None = None
+    nprocs: int = 1
+    omp_nthreads: int = 1
+    mem_gb: float | None = None
+    plugin: str = "MultiProc"
+    plugin_args: dict[str, Any] = field(default_factory=dict)
+    stop_on_first_crash: bool = False
+    device: str = "auto"
+    seed: int = 0
+    verbose: int = 0
+    recipe: Path | None = None
+
+    @property
+    def context(self) -> Context:
+        """How each registration runs: the seed, ``omp_nthreads`` threads, the device."""
+        return Context(seed=self.seed, threads=self.omp_nthreads, device=self.device)
+
+    @property
+    def work(self) -> Path:
+        """The working directory: ``work_dir``, else ``output_dir/work``."""
+        return self.work_dir or self.output_dir / "work"
+
+    @property
+    def seg(self) -> str:
+        """The ``seg-`` label of label maps and overlap tables."""
+        return self.labels_desc or "labels"
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with ``changes``."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: paths as strings, tuples as lists, each method configuration as its parameters."""
+        out = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.name == "method_configs":
+                value = {name: config_parameters(config) for name, config in value.items()}
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[item.name] = value
+        return out
+
+
+def write_config(config: Config) -> Path:
+    """Store ``config`` in ``output_dir/logs/config_<level>_<date>T<time>.json`` (one file per run)."""
+    folder = config.output_dir / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    path = folder / f"config_{config.analysis_level}_{stamp}_{os.getpid()}.json"
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    return path

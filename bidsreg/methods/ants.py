@@ -1,0 +1,117 @@
+"""The ANTs baselines, run through antspyx: ``antsaffine`` and ``antssyn``.
+
+``antsaffine`` is antspyx ``type_of_transform="Affine"`` and ``antssyn`` is ``"SyN"`` (an
+affine then symmetric normalisation), both with antspyx's defaults unless iterations are given
+(CONVENTIONS.md: the SyN reference). ANTs writes its affine as ``*GenericAffine.mat`` and SyN's
+fields (forward and inverse) on the fixed image's grid; they are read back with
+:mod:`bidsreg.itk` into a :class:`~bidsreg.transform.Transform`, so that every method of the app
+writes the same composite transform files.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+from ..itk import read_affine, read_displacement
+from ..transform import Transform
+from .base import Context, RegistrationResult, option
+
+__all__ = ["AffineConfig", "SyNConfig", "affine_iterations_option", "register_affine", "register_syn"]
+
+
+def affine_iterations_option():
+    """The ``--ants-affine-iterations`` field: antspyx Affine's iterations per level, of
+    ``antsaffine`` and of the affine start of the other classical methods."""
+    return option("--ants-affine-iterations",
+                  "iterations per level of antspyx's affine stage (also the start of bspline and demons), coarse to "
+                  "fine (default: antspyx's 2100 1200 1200 10)")
+
+
+@dataclass(frozen=True)
+class AffineConfig:
+    """Parameters of ``antsaffine``.
+
+    Attributes
+    ----------
+    affine_iterations : tuple of int or None
+        Iterations per level (antspyx ``aff_iterations``, default (2100, 1200, 1200, 10)); one
+        level per shrink factor (..., 4, 2, 1), smoothing (..., 2, 1, 0) voxels.
+    """
+
+    affine_iterations: tuple[int, ...] | None = affine_iterations_option()
+
+
+@dataclass(frozen=True)
+class SyNConfig:
+    """Parameters of ``antssyn``.
+
+    Attributes
+    ----------
+    affine_iterations : tuple of int or None
+        As in :class:`AffineConfig`, for SyN's affine stage.
+    syn_iterations : tuple of int or None
+        Iterations per level of SyN (antspyx ``reg_iterations``, default (40, 20, 0)).
+    """
+
+    affine_iterations: tuple[int, ...] | None = affine_iterations_option()
+    syn_iterations: tuple[int, ...] | None = option(
+        "--ants-syn-iterations", "iterations per level of SyN, coarse to fine (default: antspyx's 40 20 0)")
+
+
+def register_affine(fixed: str | os.PathLike, moving: str | os.PathLike, config: AffineConfig = AffineConfig(),
+                    context: Context = Context()) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` with antspyx ``Affine`` (3D NIfTI files)."""
+    return _register(fixed, moving, "Affine", config.affine_iterations, None, context)
+
+
+def register_syn(fixed: str | os.PathLike, moving: str | os.PathLike, config: SyNConfig = SyNConfig(),
+                 context: Context = Context()) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` with antspyx ``SyN`` (3D NIfTI files)."""
+    return _register(fixed, moving, "SyN", config.affine_iterations, config.syn_iterations, context)
+
+
+def _register(
+    fixed: str | os.PathLike,
+    moving: str | os.PathLike,
+    kind: str,
+    affine_iterations: tuple[int, ...] | None,
+    syn_iterations: tuple[int, ...] | None,
+    context: Context,
+) -> RegistrationResult:
+    """antspyx ``type_of_transform=kind``.
+
+    ITK's threads (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``, read by ITK the first time a process
+    uses it) are ``context.threads``, and ``context.seed`` is ANTs' random seed (the affine
+    metric samples points at random). Results repeat exactly with one thread and a seed; with
+    more threads ANTs' parallel metric sums are not deterministic (a few 0.001 Dice).
+    The seconds are those of the registration alone, without reading the images.
+    """
+    options: dict = {}
+    if affine_iterations is not None:
+        options["aff_iterations"] = tuple(int(i) for i in affine_iterations)
+        levels = len(options["aff_iterations"])
+        options["aff_shrink_factors"] = tuple(2 ** i for i in range(levels - 1, -1, -1))
+        options["aff_smoothing_sigmas"] = tuple(range(levels - 1, -1, -1))
+    if syn_iterations is not None:
+        options["reg_iterations"] = tuple(int(i) for i in syn_iterations)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(context.threads)
+    os.environ["ANTS_RANDOM_SEED"] = str(context.seed)
+    import ants  # antspyx: imported here (a second to load), after ITK's settings are in the environment
+    fixed_img, moving_img = ants.image_read(str(fixed)), ants.image_read(str(moving))
+    with tempfile.TemporaryDirectory(prefix="bidsreg-ants-") as tmp:
+        tick = time.perf_counter()
+        out = ants.registration(fixed_img, moving_img, type_of_transform=kind, outprefix=f"{tmp}/ants_", **options)
+        seconds = time.perf_counter() - tick
+        forward, inverse = out["fwdtransforms"], out["invtransforms"]
+        affine = read_affine(next(t for t in forward if t.endswith(".mat")))
+        warps = [t for t in forward if t.endswith(".nii.gz")]
+        transform = Transform(affine)
+        if warps:
+            displacement, grid = read_displacement(warps[0])
+            inverse_displacement, _ = read_displacement(next(t for t in inverse if t.endswith(".nii.gz")))
+            transform = Transform(affine, displacement, inverse_displacement, grid)
+    parameters = {"antspyx": ants.__version__, "type_of_transform": kind, "random_seed": context.seed,
+                  **{key: list(value) for key, value in options.items()}}
+    return RegistrationResult(transform, seconds, parameters)

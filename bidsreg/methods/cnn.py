@@ -1,0 +1,294 @@
+"""The ``cnn`` method: the two-stage network, and the registration of a pair with a trained model.
+
+:func:`register_pair` runs centre-of-mass initialisation, the global (affine) network and the
+local (deformable) network on the network grid (:mod:`bidsreg.nn`), and returns the world-space
+:class:`~bidsreg.transform.Transform` with its fields on the fixed image's own full-resolution
+grid. :func:`register_global` and :func:`register_local` are the method's two stages as the app
+runs them (reported as ``cnnaffine`` and ``cnn``), from a checkpoint named by :class:`CNNConfig`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..fields import invert_displacement, resample_displacement
+from ..image import Volume, load_volume
+from ..nn.affine_stage import GlobalStage, symmetric_world_map
+from ..nn.grid import NetworkGrid, PreparedImage, prepare_image, translation
+from ..nn.layers import SpatialTransformer
+from ..nn.losses import Gradient, LocalNCC
+from ..nn.model import RegistrationModel
+from ..nn.networks import DeformableNet
+from ..transform import Transform
+from .base import Context, RegistrationResult, option
+
+__all__ = ["CNNConfig", "align_pair", "loaded_model", "model_parameters", "register_global", "register_local",
+           "register_pair"]
+
+#: Below this Dice of the two foregrounds after the global stage, the pair is refused.
+MIN_FOREGROUND_DICE = 0.2
+#: Fixed-point iterations of the inverse of a non-diffeomorphic field (see _inverse_on_grid).
+INVERSE_ITERATIONS = 20
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    """Parameters of ``cnn``.
+
+    Attributes
+    ----------
+    model : Path or None
+        The two-stage checkpoint (the app fills it in: the one ``train`` wrote in output_dir,
+        else the default weights shipped with bidsreg).
+    """
+
+    model: Path | None = option("--model", "bidsreg checkpoint of the two-stage cnn (default: the one train wrote in "
+                                           "output_dir, else the default weights shipped with bidsreg)")
+
+
+@contextmanager
+def loaded_model(path: str | os.PathLike | None, context: Context) -> Iterator[RegistrationModel]:
+    """The model of a checkpoint on ``context.device``, with torch on ``context.threads`` threads
+    until the block ends (a step run in the calling process must not change its thread count
+    for what runs next)."""
+    if path is None:
+        raise ValueError("a network method needs its checkpoint (model)")
+    before = torch.get_num_threads()
+    torch.set_num_threads(context.threads)
+    try:
+        yield RegistrationModel.from_checkpoint(path, context.device)
+    finally:
+        torch.set_num_threads(before)
+
+
+def register_global(fixed: str | os.PathLike, moving: str | os.PathLike, config: CNNConfig,
+                    context: Context = Context()) -> RegistrationResult:
+    """Stage 1 (``cnnaffine``): the global network, inverse-consistent (see :func:`align_pair`)."""
+    with loaded_model(config.model, context) as model:
+        result = align_pair(fixed, moving, model)
+    return RegistrationResult(result.transform, result.seconds, model_parameters(config.model, context), result.steps)
+
+
+def register_local(fixed: str | os.PathLike, moving: str | os.PathLike, config: CNNConfig, context: Context,
+                   start: RegistrationResult) -> RegistrationResult:
+    """Stage 2 (``cnn``): the local network from the global stage's affine; its seconds count both stages."""
+    with loaded_model(config.model, context) as model:
+        result = register_pair(fixed, moving, model, affine=start.transform.affine, inverse=True)
+    return RegistrationResult(result.transform, start.seconds + result.seconds, model_parameters(config.model, context),
+                              result.steps)
+
+
+def model_parameters(model: str | os.PathLike, context: Context) -> dict:
+    """What the sidecars say of a network method: its checkpoint's file name and the device."""
+    return {"model": os.path.basename(model), "device": context.device}
+
+
+def align_pair(
+    fixed: Volume | str | os.PathLike,
+    moving: Volume | str | os.PathLike,
+    model: RegistrationModel,
+    *,
+    global_instance_steps: int = 0,
+) -> RegistrationResult:
+    """The global (affine) stage of :func:`register_pair` alone.
+
+    Returns
+    -------
+    RegistrationResult
+        An affine transform; ``parameters`` and ``steps`` as in :func:`register_pair`.
+    """
+    if global_instance_steps < 0:
+        raise ValueError(f"global_instance_steps must be >= 0, got {global_instance_steps}")
+    if not model.global_stage:
+        raise ValueError(f"{model.source}: a one-stage model has no trained global stage; use register_pair()")
+    steps: dict = {}
+    with torch.no_grad():
+        _, moving_vol, fixed_img, moving_img = _prepare_pair(fixed, moving, model, steps)
+        stage, _ = _global_stage(model, fixed_img, moving_img, moving_vol, None, global_instance_steps, steps)
+    return RegistrationResult(Transform(stage.world_map), sum(steps.values()), _grid_parameters(stage.grid), steps)
+
+
+def register_pair(
+    fixed: Volume | str | os.PathLike,
+    moving: Volume | str | os.PathLike,
+    model: RegistrationModel,
+    *,
+    affine: np.ndarray | None = None,
+    inverse: bool = False,
+    global_instance_steps: int = 0,
+    local_instance_steps: int = 0,
+    instance_lr: float = 0.1,
+) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` with a trained model.
+
+    Parameters
+    ----------
+    fixed, moving : Volume or path-like
+        3D images (any orientation, no prior alignment needed).
+    model : RegistrationModel
+    affine : numpy.ndarray, optional
+        (4, 4) world map fixed -> moving of a global stage run earlier (:func:`align_pair`);
+        the local stage starts from it. Default: run the global stage (a one-stage model: the
+        centre-of-mass alignment).
+    inverse : bool
+        Also compute the inverse displacement field (fixed -> moving direction of warping).
+    global_instance_steps : int
+        Instance optimisation of the global stage (0: off, the default): this many Adam steps
+        on the 12 affine parameters, from the network's prediction, on the stage-1 loss on
+        the pooled grid the network reads (cheap: about a second for 200 steps on 2 CPU threads).
+        Ignored with ``affine``.
+    local_instance_steps : int
+        Instance optimisation of the local stage (0: off, the default): this many Adam steps on
+        the network's output field, on the stage-2 loss, for this pair only.
+    instance_lr : float
+        Step size of the local instance optimisation (grid voxels).
+
+    Returns
+    -------
+    RegistrationResult
+        The transform with its fields on the fixed image's grid; ``parameters`` the network grid
+        (``grid_shape``, ``grid_affine``: voxel -> RAS+ mm); ``steps`` the seconds of load,
+        preprocess, global, local (and inverse), ``seconds`` their sum.
+    """
+    for name, count in (("global_instance_steps", global_instance_steps), ("local_instance_steps", local_instance_steps)):
+        if count < 0:
+            raise ValueError(f"{name} must be >= 0, got {count}")
+    steps: dict = {}
+    with torch.no_grad():
+        fixed_vol, moving_vol, fixed_img, moving_img = _prepare_pair(fixed, moving, model, steps)
+        stage, moving_grid = _global_stage(model, fixed_img, moving_img, moving_vol, affine, global_instance_steps, steps)
+        grid, fixed_grid = stage.grid, stage.fixed
+
+        tick = time.perf_counter()
+        net = model.deformable_net
+        velocity = net.velocity(fixed_grid, moving_grid)
+        if local_instance_steps:
+            velocity = _instance_optimise(model, fixed_grid, moving_grid, velocity, local_instance_steps, instance_lr)
+        field_voxels = net.integrate(velocity) if net.integrate is not None else velocity
+        displacement = resample_displacement(
+            _channels_last(grid.displacement_to_world(field_voxels)), grid.affine, fixed_vol.shape, fixed_vol.affine
+        )
+        steps["local"] = time.perf_counter() - tick
+
+        inverse_displacement = None
+        if inverse:
+            tick = time.perf_counter()
+            inverse_grid = _inverse_on_grid(net, grid, velocity, field_voxels)
+            inverse_displacement = resample_displacement(inverse_grid, grid.affine, fixed_vol.shape, fixed_vol.affine)
+            steps["inverse"] = time.perf_counter() - tick
+    transform = Transform(stage.world_map, displacement, inverse_displacement, fixed_vol.affine)
+    return RegistrationResult(transform, sum(steps.values()), _grid_parameters(grid), steps)
+
+
+def _grid_parameters(grid: NetworkGrid) -> dict:
+    return {"grid_shape": list(grid.shape), "grid_affine": grid.affine.tolist()}
+
+
+def _check_overlap(fixed: torch.Tensor, moving: torch.Tensor, threshold: float, moving_path: str) -> None:
+    f, m = fixed > threshold, moving > threshold
+    dice = 2.0 * float((f & m).sum()) / max(float(f.sum() + m.sum()), 1.0)
+    if dice < MIN_FOREGROUND_DICE:
+        raise ValueError(
+            f"{moving_path}: the moving image barely overlaps the fixed image after initialisation "
+            f"(foreground Dice {dice:.2f}); check that both are brain images of the same kind"
+        )
+
+
+def _instance_optimise(
+    model: RegistrationModel, fixed: torch.Tensor, moving: torch.Tensor, start: torch.Tensor, steps: int, lr: float
+) -> torch.Tensor:
+    """A few Adam steps on the network's output field for this pair (same loss as training)."""
+    net = model.deformable_net
+    param = start.detach().clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([param], lr=lr)
+    similarity, smoothness, warp = LocalNCC(model.window), Gradient(), SpatialTransformer()
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimiser.zero_grad()
+            field = net.integrate(param) if net.integrate is not None else param
+            loss = similarity(fixed, warp(moving, field)) + model.smoothness * smoothness(field)
+            loss.backward()
+            optimiser.step()
+    return param.detach()
+
+
+def _as_volume(image: Volume | str | os.PathLike) -> Volume:
+    return image if isinstance(image, Volume) else load_volume(image)
+
+
+def _prepare_pair(
+    fixed: Volume | str | os.PathLike, moving: Volume | str | os.PathLike, model: RegistrationModel, steps: dict
+) -> tuple[Volume, Volume, PreparedImage, PreparedImage]:
+    tick = time.perf_counter()
+    fixed_vol, moving_vol = _as_volume(fixed), _as_volume(moving)
+    steps["load"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    fixed_img, moving_img = (_on_device(prepare_image(v, model.preprocess), model.device) for v in (fixed_vol, moving_vol))
+    steps["preprocess"] = time.perf_counter() - tick
+    return fixed_vol, moving_vol, fixed_img, moving_img
+
+
+def _given_global_stage(
+    fixed: PreparedImage, moving: PreparedImage, model: RegistrationModel, world_map: np.ndarray
+) -> GlobalStage:
+    """The :class:`GlobalStage` of a global world map computed earlier (by :func:`align_pair`)."""
+    world_map = np.asarray(world_map, dtype=np.float64)
+    if world_map.shape != (4, 4) or not np.all(np.isfinite(world_map)) or abs(np.linalg.det(world_map[:3, :3])) < 1e-6:
+        raise ValueError(f"the global world map must be a finite invertible (4, 4) matrix, got {world_map!r}")
+    grid = NetworkGrid.covering(fixed, model.preprocess, model.affine_net.min_side)
+    return GlobalStage(grid, grid.resample(fixed), translation(moving.centre - fixed.centre), world_map)
+
+
+def _global_stage(
+    model: RegistrationModel,
+    fixed: PreparedImage,
+    moving: PreparedImage,
+    moving_vol: Volume,
+    affine: np.ndarray | None,
+    instance_steps: int,
+    steps: dict,
+) -> tuple[GlobalStage, torch.Tensor]:
+    """The global stage (or the one given as ``affine``), checked for overlap; also returns the
+    moving image on the network grid after it."""
+    tick = time.perf_counter()
+    if affine is None and not model.global_stage:
+        affine = translation(moving.centre - fixed.centre)
+    if affine is None:
+        stage = symmetric_world_map(model.affine_net, fixed, moving, model.preprocess, instance_steps)
+    else:
+        stage = _given_global_stage(fixed, moving, model, affine)
+    moving_grid = stage.grid.resample(moving, stage.world_map)
+    _check_overlap(stage.fixed, moving_grid, model.preprocess.foreground, moving_vol.path or "moving image")
+    steps["global"] = time.perf_counter() - tick
+    return stage, moving_grid
+
+
+def _channels_last(field: torch.Tensor) -> np.ndarray:
+    """(1, 3, X, Y, Z) tensor -> (X, Y, Z, 3) numpy array."""
+    return field[0].permute(1, 2, 3, 0).cpu().numpy()
+
+
+def _inverse_on_grid(net: DeformableNet, grid: NetworkGrid, velocity: torch.Tensor, field: torch.Tensor) -> np.ndarray:
+    """Inverse of the grid displacement, (X, Y, Z, 3) in mm: exact integration of ``-v`` for a
+    diffeomorphic network, fixed-point inversion of the field otherwise.
+
+    The fixed-point inversion runs at most :data:`INVERSE_ITERATIONS` iterations: where the
+    field is smooth it has converged far below a voxel by then, and where the field folds it
+    never converges (there is no inverse), so more iterations would only cost time.
+    """
+    if net.integrate is not None:
+        return _channels_last(grid.displacement_to_world(net.integrate(-velocity)))
+    return invert_displacement(_channels_last(grid.displacement_to_world(field)), grid.affine, iterations=INVERSE_ITERATIONS)
+
+
+def _on_device(image: PreparedImage, device: torch.device) -> PreparedImage:
+    if image.tensor.device == device:
+        return image
+    return PreparedImage(image.tensor.to(device), image.affine, image.centre, image.path)

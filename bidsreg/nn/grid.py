@@ -1,0 +1,249 @@
+"""The network grid: intensity normalisation, the grid the networks run on, centre-of-mass start.
+
+The network sees both images resampled onto one :class:`NetworkGrid`: isotropic voxels
+(2 mm by default), axes along RAS+, sides a multiple of 16, covering the fixed image's
+foreground. A *world map* is a (4, 4) RAS matrix taking a point of the fixed (grid) world to
+the point of the moving world it is compared with; resampling the moving image through
+the world map puts it on the grid. The start needs no prior alignment: the world map begins
+as the translation between the two centres of mass.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from nibabel.affines import voxel_sizes
+
+from .layers import grid_frame, identity_grid, sample
+
+__all__ = [
+    "Image",
+    "PreprocessConfig",
+    "NetworkGrid",
+    "PreparedImage",
+    "prepare_image",
+    "normalise_intensity",
+    "centre_of_mass",
+    "translation",
+]
+
+
+class Image(Protocol):
+    """What the networks read of an image (:class:`bidsreg.image.Volume` is one)."""
+
+    @property
+    def data(self) -> np.ndarray:
+        """(X, Y, Z) intensities."""
+
+    @property
+    def affine(self) -> np.ndarray:
+        """(4, 4) voxel -> RAS+ mm."""
+
+    @property
+    def path(self) -> str:
+        """Where it came from, for error messages ("" when made in memory)."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How images are brought to the network.
+
+    Attributes
+    ----------
+    spacing : float
+        Network grid voxel size (mm).
+    multiple : int
+        Grid sides are rounded up to a multiple of this (the U-Net depth needs 16).
+    margin : float
+        Margin (mm) added around the fixed foreground's bounding box.
+    low_percentile, high_percentile : float
+        Foreground intensity percentiles mapped to 0 and 1 (then clipped to [0, 1]).
+    foreground : float
+        Threshold on normalised intensity that defines the foreground.
+    """
+
+    spacing: float = 2.0
+    multiple: int = 16
+    margin: float = 6.0
+    low_percentile: float = 0.5
+    high_percentile: float = 99.5
+    foreground: float = 0.05
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A normalised image ready for resampling onto network grids.
+
+    Attributes
+    ----------
+    tensor : torch.Tensor
+        (1, 1, X, Y, Z) normalised intensities in [0, 1], smoothed for the grid spacing.
+    affine : numpy.ndarray
+        (4, 4) voxel -> RAS+ mm of the image.
+    centre : numpy.ndarray
+        (3,) intensity centre of mass, RAS+ mm.
+    path : str
+        Source file, for error messages.
+    """
+
+    tensor: torch.Tensor
+    affine: np.ndarray
+    centre: np.ndarray
+    path: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.tensor.shape[2:])
+
+
+@dataclass(frozen=True)
+class NetworkGrid:
+    """An isotropic RAS-aligned grid on which the networks run.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        (X, Y, Z), each a multiple of the configured ``multiple``.
+    affine : numpy.ndarray
+        (4, 4) voxel -> RAS+ mm, diagonal with positive spacing.
+    """
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    @property
+    def spacing(self) -> float:
+        return float(self.affine[0, 0])
+
+    @classmethod
+    def covering(cls, image: PreparedImage, config: PreprocessConfig, min_side: int = 0) -> "NetworkGrid":
+        """The grid covering the foreground of ``image`` (the fixed image) plus a margin, with
+        sides of at least ``min_side`` voxels (what the global network can read: a small brain
+        gets a wider margin)."""
+        data = image.tensor[0, 0]
+        index = torch.nonzero(data > config.foreground)
+        if len(index) == 0:
+            raise ValueError(f"{image.path}: no foreground voxels above the background; is the image empty?")
+        low, high = index.min(0).values.cpu().numpy(), index.max(0).values.cpu().numpy()
+        corners = np.array(np.meshgrid(*zip(low - 0.5, high + 0.5), indexing="ij")).reshape(3, -1)
+        world = image.affine[:3, :3] @ corners + image.affine[:3, 3:]
+        lo, hi = world.min(1) - config.margin, world.max(1) + config.margin
+        step, multiple = config.spacing, config.multiple
+        shape = tuple(int(multiple * math.ceil(max((h - l) / step, min_side) / multiple)) for l, h in zip(lo, hi))
+        return cls._centred((lo + hi) / 2.0, step, shape)
+
+    @classmethod
+    def _centred(cls, centre: np.ndarray, step: float, shape: tuple[int, int, int]) -> "NetworkGrid":
+        affine = np.diag([step, step, step, 1.0])
+        affine[:3, 3] = centre - step * (np.array(shape) - 1) / 2.0
+        return cls(tuple(int(n) for n in shape), affine)
+
+    def with_shape(self, shape: tuple[int, int, int]) -> "NetworkGrid":
+        """The grid with the same centre and spacing and another shape (itself for its own shape)."""
+        if tuple(shape) == self.shape:
+            return self
+        centre = self.affine[:3, :3] @ ((np.array(self.shape) - 1) / 2.0) + self.affine[:3, 3]
+        return self._centred(centre, self.spacing, shape)
+
+    def resample(self, image: PreparedImage, world_map: np.ndarray | None = None) -> torch.Tensor:
+        """Resample ``image`` onto the grid through ``world_map`` (identity if None).
+
+        Returns
+        -------
+        torch.Tensor
+            (1, 1, X, Y, Z) on the image tensor's device, zeros outside the image.
+        """
+        matrix = np.linalg.inv(image.affine) @ (np.eye(4) if world_map is None else world_map) @ self.affine
+        m = torch.as_tensor(matrix, dtype=image.tensor.dtype, device=image.tensor.device)
+        grid = identity_grid(self.shape, image.tensor.device, image.tensor.dtype)
+        coords = torch.einsum("ij,njxyz->nixyz", m[:3, :3], grid) + m[:3, 3].view(1, 3, 1, 1, 1)
+        return sample(image.tensor, coords)
+
+    def theta_to_world(self, theta: np.ndarray) -> np.ndarray:
+        """Convert a network affine ``[A | t]`` (see :func:`~bidsreg.nn.layers.affine_coordinates`)
+        into the (4, 4) RAS world map it performs on this grid."""
+        theta = np.asarray(theta, dtype=np.float64)
+        if theta.shape != (3, 4):
+            raise ValueError(f"theta must be (3, 4), got {theta.shape}")
+        centre, radius = grid_frame(self.shape)
+        c = np.asarray(centre)
+        voxel_map = np.eye(4)
+        voxel_map[:3, :3] = theta[:, :3]
+        voxel_map[:3, 3] = c - theta[:, :3] @ c + radius * theta[:, 3]
+        return self.affine @ voxel_map @ np.linalg.inv(self.affine)
+
+    def displacement_to_world(self, displacement: torch.Tensor) -> torch.Tensor:
+        """Scale a (N, 3, X, Y, Z) displacement from grid voxels to RAS mm."""
+        return displacement * self.spacing
+
+
+def normalise_intensity(data: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Map the ``low``/``high`` percentiles of the non-zero voxels to 0 and 1, clip to [0, 1].
+
+    Every voxel counts, so the result does not depend on the order the voxels are stored in.
+    """
+    values = data[data > 0]
+    if values.size == 0:
+        values = data.ravel()
+    lo, hi = np.percentile(values, [low, high])
+    if not hi > lo:
+        lo, hi = float(data.min()), float(data.max())
+    out = (data - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+
+
+def centre_of_mass(tensor: torch.Tensor, affine: np.ndarray) -> np.ndarray:
+    """Intensity-weighted centre of a (1, 1, X, Y, Z) image in RAS mm."""
+    data = tensor[0, 0].double()
+    total = data.sum()
+    if not total > 0:
+        raise ValueError("cannot compute the centre of mass of an image with no signal")
+    idx = [
+        (data.sum(dim=tuple(d for d in range(3) if d != axis)) * torch.arange(data.shape[axis], dtype=data.dtype, device=data.device)).sum()
+        / total
+        for axis in range(3)
+    ]
+    return affine[:3, :3] @ np.array([float(i) for i in idx]) + affine[:3, 3]
+
+
+def translation(offset: np.ndarray) -> np.ndarray:
+    """(4, 4) world map ``x -> x + offset``."""
+    matrix = np.eye(4)
+    matrix[:3, 3] = offset
+    return matrix
+
+
+def _gaussian_blur(tensor: torch.Tensor, sigmas: np.ndarray) -> torch.Tensor:
+    for axis, sigma in enumerate(sigmas):
+        if sigma <= 0:
+            continue
+        radius = max(1, int(math.ceil(3 * sigma)))
+        x = torch.arange(-radius, radius + 1, dtype=tensor.dtype, device=tensor.device)
+        kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+        kernel = (kernel / kernel.sum()).view([1, 1] + [len(x) if d == axis else 1 for d in range(3)])
+        padding = [radius if d == axis else 0 for d in range(3)]
+        tensor = F.conv3d(tensor, kernel, padding=padding)
+    return tensor
+
+
+def prepare_image(volume: Image, config: PreprocessConfig) -> PreparedImage:
+    """Normalise ``volume`` and low-pass it for resampling at the grid spacing.
+
+    The Gaussian has a FWHM of one grid voxel along axes whose voxels are finer than the
+    grid, which avoids aliasing when the image is sampled on the coarser grid.
+    """
+    data = normalise_intensity(volume.data, config.low_percentile, config.high_percentile)
+    if not np.any(data > config.foreground):
+        raise ValueError(f"{volume.path}: no foreground after intensity normalisation; is the image empty?")
+    ratio = config.spacing / voxel_sizes(volume.affine)
+    sigmas = np.where(ratio > 1, ratio / 2.3548, 0.0)
+    with torch.no_grad():
+        tensor = _gaussian_blur(torch.from_numpy(data)[None, None], sigmas)
+    return PreparedImage(tensor, volume.affine, centre_of_mass(tensor, volume.affine), volume.path)

@@ -1,0 +1,129 @@
+"""One registration transform, both directions, in RAS+ world millimetres.
+
+A :class:`Transform` maps FIXED world points to MOVING world points::
+
+    T(x) = affine @ (x + displacement(x))           # displacement on its own grid (the fixed one)
+    T^-1(y) = z + inverse_displacement(z),  z = affine^-1 @ y
+
+and the moving image warped onto the fixed grid is ``W(v) = moving(T(world(v)))``. Every
+method of bidsreg returns one; it is applied to images and points with SimpleITK (as
+``antsApplyTransforms`` applies the ``.h5`` files it is written to), and read and written by
+:mod:`bidsreg.itk`, the only module that knows the LPS frame of ITK.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import itk
+from .image import Grid, Volume
+
+__all__ = ["Transform"]
+
+
+@dataclass(frozen=True, eq=False)
+class Transform:
+    """A registration result: affine and, for a deformable method, a displacement field and its inverse.
+
+    Attributes
+    ----------
+    affine : numpy.ndarray
+        (4, 4) FIXED RAS+ mm -> MOVING RAS+ mm.
+    displacement : numpy.ndarray or None
+        (X, Y, Z, 3) float32 RAS+ mm on ``field_affine``'s grid, applied before ``affine``.
+    inverse_displacement : numpy.ndarray or None
+        (X, Y, Z, 3) float32 RAS+ mm on the same grid (see the module docstring).
+    field_affine : numpy.ndarray or None
+        (4, 4) voxel -> RAS+ mm of the fields' grid (the fixed image's); required with a field.
+    """
+
+    affine: np.ndarray
+    displacement: np.ndarray | None = None
+    inverse_displacement: np.ndarray | None = None
+    field_affine: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        affine = np.asarray(self.affine, dtype=np.float64)
+        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+            raise ValueError(f"a transform's affine must be a finite invertible (4, 4) matrix, got\n{affine}")
+        object.__setattr__(self, "affine", affine)
+        fields = [f for f in (self.displacement, self.inverse_displacement) if f is not None]
+        if fields and self.field_affine is None:
+            raise ValueError("a displacement field needs its field_affine (voxel -> RAS+ mm of its grid)")
+        for field in fields:
+            if np.ndim(field) != 4 or np.shape(field)[3] != 3 or np.shape(field)[:3] != np.shape(fields[0])[:3]:
+                raise ValueError(f"displacement fields must be (X, Y, Z, 3) on one grid, got {[np.shape(f) for f in fields]}")
+
+    @property
+    def deformable(self) -> bool:
+        """Whether it has a displacement field (a Jacobian to measure)."""
+        return self.displacement is not None
+
+    @property
+    def field_grid(self) -> Grid | None:
+        """The grid of the fields (None for an affine transform)."""
+        if self.displacement is None:
+            return None
+        return Grid(tuple(int(n) for n in self.displacement.shape[:3]), self.field_affine)
+
+    def apply(self, moving: Volume, reference: Grid, *, nearest: bool = False, fill: float = 0) -> np.ndarray:
+        """Warp a moving image (or label map, ``nearest``) onto the fixed grid ``reference``.
+
+        Returns the (X, Y, Z) warped array: float32, or for ``nearest`` the label map's dtype
+        with values that are input values or ``fill``.
+        """
+        return _resample(moving, reference, self._sitk(inverse=False), nearest, fill)
+
+    def apply_inverse(self, fixed: Volume, reference: Grid, *, nearest: bool = False, fill: float = 0) -> np.ndarray:
+        """Warp a fixed-space image (e.g. atlas labels) onto the moving grid ``reference``, ``fixed(T^-1(y))``."""
+        if self.deformable and self.inverse_displacement is None:
+            raise ValueError("this transform has no inverse displacement field to warp fixed-space images with")
+        return _resample(fixed, reference, self._sitk(inverse=True), nearest, fill)
+
+    def map_points(self, points_ras: np.ndarray) -> np.ndarray:
+        """(N, 3) FIXED RAS+ mm points -> (N, 3) MOVING RAS+ mm, ``T(x)`` (the field is zero off its grid)."""
+        return itk.transform_points(self._sitk(inverse=False), points_ras)
+
+    def map_points_inverse(self, points_ras: np.ndarray) -> np.ndarray:
+        """(N, 3) MOVING RAS+ mm points -> (N, 3) FIXED RAS+ mm, ``T^-1(y)``."""
+        return itk.transform_points(self._sitk(inverse=True), points_ras)
+
+    def write(self, forward: str | os.PathLike, inverse: str | os.PathLike | None = None) -> None:
+        """Write the ITK composite ``.h5`` of each direction (see :func:`bidsreg.itk.write_composite`)."""
+        itk.write_composite(forward, self.affine, self.displacement, self.field_affine)
+        if inverse is not None:
+            itk.write_composite(inverse, self.affine, self.inverse_displacement, self.field_affine, inverse=True)
+
+    @classmethod
+    def read(cls, forward: str | os.PathLike, inverse: str | os.PathLike | None = None) -> "Transform":
+        """Read what :meth:`write` wrote (or any ``.h5`` chain :func:`bidsreg.itk.read_composite` reads).
+
+        Raises
+        ------
+        ValueError
+            When a file is unreadable, or the two files are not one transform's two directions.
+        """
+        affine, displacement, field_affine = itk.read_composite(forward)
+        inverse_displacement = None
+        if inverse is not None:
+            inverse_affine, inverse_displacement, inverse_grid = itk.read_composite(inverse, inverse=True)
+            same_grid = (inverse_grid is None) == (field_affine is None) and (
+                field_affine is None or np.allclose(inverse_grid, field_affine, atol=1e-4))
+            if not np.allclose(inverse_affine, affine, atol=1e-6) or not same_grid:
+                raise ValueError(f"{inverse}: not the inverse of {forward} (another affine or field grid)")
+        return cls(affine, displacement, inverse_displacement, field_affine)
+
+    def _sitk(self, inverse: bool):
+        field = self.inverse_displacement if inverse else self.displacement
+        return itk.sitk_transform(self.affine, field, self.field_affine, inverse=inverse)
+
+
+def _resample(image: Volume, reference: Grid, transform, nearest: bool, fill: float) -> np.ndarray:
+    data = np.asarray(image.data)
+    if data.ndim != 3 or min(data.shape) < 2:
+        raise ValueError(f"{image.path or 'image'}: expected a 3D image of at least 2 voxels per axis, got shape {data.shape}")
+    if nearest and np.asarray(fill).astype(data.dtype) != fill:
+        raise ValueError(f"fill={fill!r} cannot be stored in the image's dtype {data.dtype}")
+    return itk.resample(data, image.affine, reference.shape, reference.affine, transform, nearest=nearest, fill=fill)
