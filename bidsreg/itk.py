@@ -42,6 +42,7 @@ from .atomic import atomic_output
 
 __all__ = [
     "resample",
+    "resample_field",
     "sitk_image",
     "sitk_transform",
     "transform_points",
@@ -334,18 +335,40 @@ def resample(
     zero outside its grid.
     """
     image = sitk_image(np.asarray(data) if nearest else np.asarray(data, dtype=np.float32), affine)
-    reference_affine = _check_affine(reference_affine, "reference_affine")
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetSize([int(n) for n in shape])
-    spacing, direction, origin = _lps_geometry(reference_affine)
-    resampler.SetOutputSpacing(spacing)
-    resampler.SetOutputDirection(direction)
-    resampler.SetOutputOrigin(origin)
+    resampler = _resampler(image, shape, reference_affine, sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear)
     resampler.SetTransform(transform)
-    resampler.SetInterpolator(sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear)
     resampler.SetDefaultPixelValue(float(fill))
-    resampler.SetOutputPixelType(image.GetPixelID())
     return np.transpose(sitk.GetArrayFromImage(resampler.Execute(image)), (2, 1, 0))
+
+
+def resample_field(
+    displacement_ras: np.ndarray, reference_affine: np.ndarray, shape: tuple[int, int, int], affine: np.ndarray
+) -> np.ndarray:
+    """A displacement field carried onto another grid with SimpleITK.
+
+    Parameters
+    ----------
+    displacement_ras : numpy.ndarray
+        (X, Y, Z, 3) RAS+ mm.
+    reference_affine : numpy.ndarray
+        (4, 4) voxel -> RAS+ mm of its grid.
+    shape : tuple of int
+        Shape of the output grid.
+    affine : numpy.ndarray
+        (4, 4) voxel -> RAS+ mm of the output grid.
+
+    Returns
+    -------
+    numpy.ndarray
+        (*shape, 3) float32 RAS+ mm: trilinear inside the field's grid (ITK's ``[-0.5, n - 0.5)``,
+        border voxels extended), the nearest voxel's vector beyond it. The vectors are sampled,
+        not transformed: both grids share the world frame.
+    """
+    image = _field_image(displacement_ras, reference_affine, np.float32)
+    resampler = _resampler(image, shape, affine, sitk.sitkLinear)
+    resampler.SetUseNearestNeighborExtrapolator(True)
+    field, _ = _field_array(resampler.Execute(image))
+    return field
 
 
 def transform_points(transform: sitk.Transform, points_ras: np.ndarray) -> np.ndarray:
@@ -515,15 +538,34 @@ def _sitk_displacement(
     displacement_ras: np.ndarray, reference_affine: np.ndarray
 ) -> sitk.DisplacementFieldTransform:
     """A SimpleITK displacement field transform (LPS) from a RAS+ field on an (oblique) grid."""
+    return sitk.DisplacementFieldTransform(_field_image(displacement_ras, reference_affine, np.float64))
+
+
+def _field_image(displacement_ras: np.ndarray, reference_affine: np.ndarray, dtype: type) -> sitk.Image:
+    """A RAS+ field on an (oblique) grid as a SimpleITK vector image of LPS components."""
     _check_field(displacement_ras, "displacement_ras")
     reference_affine = _check_affine(reference_affine, "reference_affine")
-    # SimpleITK arrays are (Z, Y, X, 3); fill the float64 buffer in one pass, flipping L/P.
-    buffer = np.empty(displacement_ras.shape[2::-1] + (3,), dtype=np.float64)
-    np.multiply(np.transpose(displacement_ras, (2, 1, 0, 3)), _VECTOR_SIGN, out=buffer)
+    # SimpleITK arrays are (Z, Y, X, 3); fill the buffer in one pass, flipping L/P.
+    buffer = np.empty(displacement_ras.shape[2::-1] + (3,), dtype=dtype)
+    np.multiply(np.transpose(displacement_ras, (2, 1, 0, 3)), _VECTOR_SIGN, out=buffer, casting="same_kind")
     image = sitk.GetImageFromArray(buffer, isVector=True)
     del buffer
     _set_geometry(image, reference_affine)
-    return sitk.DisplacementFieldTransform(image)
+    return image
+
+
+def _resampler(image: sitk.Image, shape: tuple[int, int, int], affine_ras: np.ndarray,
+               interpolator: int) -> sitk.ResampleImageFilter:
+    """A resampler of ``image`` onto the grid ``shape``, ``affine_ras`` keeping its pixel type."""
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetSize([int(n) for n in shape])
+    spacing, direction, origin = _lps_geometry(_check_affine(affine_ras, "affine"))
+    resampler.SetOutputSpacing(spacing)
+    resampler.SetOutputDirection(direction)
+    resampler.SetOutputOrigin(origin)
+    resampler.SetInterpolator(interpolator)
+    resampler.SetOutputPixelType(image.GetPixelID())
+    return resampler
 
 
 def _lps_geometry(affine_ras: np.ndarray) -> tuple[list[float], list[float], list[float]]:
@@ -542,7 +584,11 @@ def _set_geometry(image: sitk.Image, affine_ras: np.ndarray) -> None:
 
 def _numpy_displacement(transform: sitk.Transform) -> tuple[np.ndarray, np.ndarray]:
     """(X, Y, Z, 3) float32 RAS+ field and its (4, 4) voxel -> RAS+ grid from a SimpleITK field."""
-    image = sitk.DisplacementFieldTransform(transform).GetDisplacementField()
+    return _field_array(sitk.DisplacementFieldTransform(transform).GetDisplacementField())
+
+
+def _field_array(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y, Z, 3) float32 RAS+ field and its (4, 4) voxel -> RAS+ grid from a SimpleITK vector image."""
     grid_lps = np.eye(4)
     grid_lps[:3, :3] = np.reshape(image.GetDirection(), (3, 3)) * np.asarray(image.GetSpacing())
     grid_lps[:3, 3] = image.GetOrigin()

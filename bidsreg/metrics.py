@@ -283,6 +283,12 @@ def world_jacobian_determinant(displacement_ras: np.ndarray, reference_affine: n
     ``reference_affine``) before :func:`jacobian_determinant`, so oblique and flipped grids
     are handled; the determinant does not depend on the frame.
 
+    bidsreg's own, not SimpleITK's ``DisplacementFieldJacobianDeterminantFilter``, because that
+    filter differentiates along the voxel axes without the grid's direction cosines: on an LAS
+    grid it is off by up to 0.056 for a smooth 3 mm field, where this one gives the same
+    determinant as on the RAS grid (``benchmarks/library_routines.py``; it is 1.6 times faster,
+    0.8 s against 1.3 s for 256x256x160).
+
     Parameters
     ----------
     displacement_ras : numpy.ndarray

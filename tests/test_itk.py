@@ -17,6 +17,8 @@ from bidsreg.fields import invert_displacement
 from bidsreg.image import Volume, save_volume
 from bidsreg.transform import Transform
 
+from .grids import SHAPE, grid_affine
+
 try:
     import ants
 except ImportError:  # the cross-checks need antspyx; the rest of the module does not
@@ -442,3 +444,28 @@ def test_ants_inverse_matches_bidsreg(scene, case):
     bad = ants_warp(scene, "moving.nii.gz", "fixed.nii.gz", wrong, whichtoinvert=wrong_which)
     wrong_corr, wrong_distance, _ = agreement(bad, expected)
     assert not agrees(wrong_corr, wrong_distance), (wrong_corr, wrong_distance)
+
+
+def test_resample_field_onto_a_finer_oblique_grid():
+    source = grid_affine(spacing=(2.0, 2.0, 2.0))
+    # A field linear in world mm is reproduced exactly by trilinear interpolation.
+    gradient = np.array([[0.02, -0.01, 0.03], [0.0, 0.05, -0.02], [0.01, 0.0, 0.04]])
+    field = (world_grid(SHAPE, source) @ gradient.T + [1.0, -2.0, 0.5]).astype(np.float32)
+    target = grid_affine(spacing=(1.0, 1.0, 1.0), signs=(-1, 1, 1), degrees=15)
+    shape = (30, 36, 27)
+    out = itk.resample_field(field, source, shape, target)
+    assert out.shape == shape + (3,) and out.dtype == np.float32
+    world = world_grid(shape, target)
+    voxels = (world - source[:3, 3]) / 2.0
+    inside = np.all((voxels >= 0) & (voxels <= np.array(SHAPE) - 1), axis=-1)
+    assert inside.mean() > 0.5 and not inside.all()
+    np.testing.assert_allclose(out[inside], (world @ gradient.T + [1.0, -2.0, 0.5])[inside], atol=1e-4)
+    # Outside, never zero: within half a voxel of the grid the border voxels extend (ITK's
+    # [-0.5, n - 0.5)); beyond, the nearest voxel's vector.
+    band = np.all((voxels >= -0.5) & (voxels < np.array(SHAPE) - 0.5), axis=-1) & ~inside
+    assert band.any() and (~inside & ~band).any()
+    clamped = np.clip(voxels[band], 0, np.array(SHAPE) - 1) * 2.0 + source[:3, 3]
+    np.testing.assert_allclose(out[band], clamped @ gradient.T + [1.0, -2.0, 0.5], atol=1e-4)
+    beyond = ~inside & ~band
+    nearest = np.clip(np.floor(voxels[beyond] + 0.5), 0, np.array(SHAPE) - 1) * 2.0 + source[:3, 3]
+    np.testing.assert_allclose(out[beyond], nearest @ gradient.T + [1.0, -2.0, 0.5], atol=1e-4)

@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                           + ". At the train level: the networks to train, cnn and/or voxelmorph")
     reg.add_argument("--recipe", type=Path, metavar="PATH", help="TOML file of option values (see workflows/)")
 
-    parameters = parser.add_argument_group("parameters of the methods (default: see the README)")
+    parameters = parser.add_argument_group("parameters of the methods")
     for option in options():
         if option.type is Path:
             parameters.add_argument(option.flag, type=Path, metavar="PATH", help=option.help)

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..fields import invert_displacement, resample_displacement
+from ..fields import invert_displacement
 from ..image import Volume, load_volume
+from ..itk import resample_field
 from ..nn.affine_stage import GlobalStage, symmetric_world_map
 from ..nn.grid import NetworkGrid, PreparedImage, prepare_image, translation
 from ..nn.layers import SpatialTransformer
@@ -172,7 +173,7 @@ def register_pair(
         if local_instance_steps:
             velocity = _instance_optimise(model, fixed_grid, moving_grid, velocity, local_instance_steps, instance_lr)
         field_voxels = net.integrate(velocity) if net.integrate is not None else velocity
-        displacement = resample_displacement(
+        displacement = resample_field(
             _channels_last(grid.displacement_to_world(field_voxels)), grid.affine, fixed_vol.shape, fixed_vol.affine
         )
         steps["local"] = time.perf_counter() - tick
@@ -181,7 +182,7 @@ def register_pair(
         if inverse:
             tick = time.perf_counter()
             inverse_grid = _inverse_on_grid(net, grid, velocity, field_voxels)
-            inverse_displacement = resample_displacement(inverse_grid, grid.affine, fixed_vol.shape, fixed_vol.affine)
+            inverse_displacement = resample_field(inverse_grid, grid.affine, fixed_vol.shape, fixed_vol.affine)
             steps["inverse"] = time.perf_counter() - tick
     transform = Transform(stage.world_map, displacement, inverse_displacement, fixed_vol.affine)
     return RegistrationResult(transform, sum(steps.values()), _grid_parameters(grid), steps)
