@@ -132,7 +132,7 @@ class Config:
 
 
 def write_config(config: Config) -> Path:
-    """Store ``config`` in ``output_dir/logs/config_<level>_<date>T<time>.json`` (one file per run)."""
+    """Store ``config`` in ``output_dir/logs/config_<level>_<date>T<time>_<pid>.json`` (one file per run)."""
     folder = config.output_dir / "logs"
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")

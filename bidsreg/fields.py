@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from .image import check_affine
 from .nn.layers import sample
 
 __all__ = ["invert_displacement"]
@@ -68,7 +69,7 @@ def invert_displacement(
     extended by its border values instead. Each iteration resamples the field once (about
     1 s for 256 x 256 x 160 on two CPU threads).
     """
-    reference_affine = _check_affine(reference_affine, "reference_affine")
+    reference_affine = check_affine(reference_affine, "reference_affine")
     shape = _check_shape(np.shape(displacement)[:3], "displacement")
     _check_field(displacement, shape, "displacement")
     if iterations < 1:
@@ -125,15 +126,6 @@ def _world_slabs(
 def _apply_affine(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
     """(..., 3) points through a (4, 4) affine, float64."""
     return points @ affine[:3, :3].T + affine[:3, 3]
-
-
-def _check_affine(affine: np.ndarray, name: str) -> np.ndarray:
-    affine = np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
-        raise ValueError(f"{name}: expected a finite (4, 4) affine, got shape {affine.shape}")
-    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise ValueError(f"{name}: the 3 x 3 part is singular")
-    return affine
 
 
 def _check_shape(shape: tuple[int, ...], name: str) -> tuple[int, int, int]:

@@ -17,7 +17,7 @@ from nibabel.affines import voxel_sizes
 
 from .atomic import atomic_output
 
-__all__ = ["Grid", "Volume", "load_volume", "same_grid", "save_volume"]
+__all__ = ["Grid", "Volume", "check_affine", "load_volume", "same_grid", "save_volume"]
 
 #: Largest accepted ratio between the longest and the shortest voxel side.
 MAX_ANISOTROPY = 5.0
@@ -142,6 +142,24 @@ def _check_affine(name: str, affine: np.ndarray) -> None:
             f"{name}: voxels of {np.round(sizes, 3).tolist()} mm are too anisotropic "
             f"(ratio > {MAX_ANISOTROPY:g}); resample to near-isotropic voxels first"
         )
+
+
+def check_affine(affine: np.ndarray, name: str) -> np.ndarray:
+    """``affine`` as a float64 (4, 4) matrix, checked: finite, last row [0, 0, 0, 1], invertible.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name`` and what is wrong.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise ValueError(f"{name}: expected a (4, 4) matrix, got shape {affine.shape}")
+    if not np.all(np.isfinite(affine)) or not np.allclose(affine[3], [0, 0, 0, 1]):
+        raise ValueError(f"{name}: expected a finite affine with last row [0, 0, 0, 1], got\n{affine}")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ValueError(f"{name}: the 3 x 3 part is singular, so the transform cannot be inverted")
+    return affine
 
 
 def same_grid(first: Volume, second: Volume, atol: float = 1e-3) -> bool:

@@ -39,6 +39,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_output
+from .image import check_affine
 
 __all__ = [
     "resample",
@@ -85,7 +86,7 @@ def ras_to_lps_affine(affine: np.ndarray) -> np.ndarray:
     >>> ras_to_lps_affine(shift)[:3, 3]                      # ... is -1 mm along L
     array([-1., -2.,  3.])
     """
-    return _FLIP @ _check_affine(affine, "affine") @ _FLIP
+    return _FLIP @ check_affine(affine, "affine") @ _FLIP
 
 
 def lps_to_ras_affine(affine: np.ndarray) -> np.ndarray:
@@ -101,7 +102,7 @@ def lps_to_ras_affine(affine: np.ndarray) -> np.ndarray:
     numpy.ndarray
         (4, 4) float64 map of RAS+ mm points to RAS+ mm points.
     """
-    return _FLIP @ _check_affine(affine, "affine") @ _FLIP
+    return _FLIP @ check_affine(affine, "affine") @ _FLIP
 
 
 def ras_to_lps_vectors(vectors: np.ndarray) -> np.ndarray:
@@ -205,7 +206,7 @@ def write_displacement(
     """
     _check_suffix(path, (".nii", ".nii.gz"), "a NIfTI displacement field")
     _check_field(displacement_ras, "displacement_ras")
-    reference_affine = _check_affine(reference_affine, "reference_affine")
+    reference_affine = check_affine(reference_affine, "reference_affine")
     data = np.empty(displacement_ras.shape[:3] + (1, 3), dtype=np.float32)
     data[..., 0, :] = displacement_ras
     data[..., 0, :2] *= -1.0
@@ -279,7 +280,7 @@ def sitk_transform(
 
     Parameters and the two directions as in :func:`write_composite`.
     """
-    affine_ras = _check_affine(affine_ras, "affine_ras")
+    affine_ras = check_affine(affine_ras, "affine_ras")
     if displacement_ras is not None and reference_affine is None:
         raise ValueError("a displacement needs its reference_affine (the fixed grid)")
     linear = _sitk_affine(np.linalg.inv(affine_ras) if inverse else affine_ras)
@@ -474,17 +475,6 @@ def read_composite(
     return affine_ras, displacement, reference_affine
 
 
-def _check_affine(affine: np.ndarray, name: str) -> np.ndarray:
-    affine = np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4):
-        raise ValueError(f"{name}: expected a (4, 4) matrix, got shape {affine.shape}")
-    if not np.all(np.isfinite(affine)) or not np.allclose(affine[3], [0, 0, 0, 1]):
-        raise ValueError(f"{name}: expected a finite affine with last row [0, 0, 0, 1], got\n{affine}")
-    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise ValueError(f"{name}: the 3 x 3 part is singular, so the transform cannot be inverted")
-    return affine
-
-
 def _check_field(displacement: np.ndarray, name: str) -> None:
     shape = np.shape(displacement)
     if len(shape) != 4 or shape[3] != 3:
@@ -544,7 +534,7 @@ def _sitk_displacement(
 def _field_image(displacement_ras: np.ndarray, reference_affine: np.ndarray, dtype: type) -> sitk.Image:
     """A RAS+ field on an (oblique) grid as a SimpleITK vector image of LPS components."""
     _check_field(displacement_ras, "displacement_ras")
-    reference_affine = _check_affine(reference_affine, "reference_affine")
+    reference_affine = check_affine(reference_affine, "reference_affine")
     # SimpleITK arrays are (Z, Y, X, 3); fill the buffer in one pass, flipping L/P.
     buffer = np.empty(displacement_ras.shape[2::-1] + (3,), dtype=dtype)
     np.multiply(np.transpose(displacement_ras, (2, 1, 0, 3)), _VECTOR_SIGN, out=buffer, casting="same_kind")
@@ -559,7 +549,7 @@ def _resampler(image: sitk.Image, shape: tuple[int, int, int], affine_ras: np.nd
     """A resampler of ``image`` onto the grid ``shape``, ``affine_ras`` keeping its pixel type."""
     resampler = sitk.ResampleImageFilter()
     resampler.SetSize([int(n) for n in shape])
-    spacing, direction, origin = _lps_geometry(_check_affine(affine_ras, "affine"))
+    spacing, direction, origin = _lps_geometry(check_affine(affine_ras, "affine"))
     resampler.SetOutputSpacing(spacing)
     resampler.SetOutputDirection(direction)
     resampler.SetOutputOrigin(origin)
@@ -576,7 +566,7 @@ def _lps_geometry(affine_ras: np.ndarray) -> tuple[list[float], list[float], lis
 
 
 def _set_geometry(image: sitk.Image, affine_ras: np.ndarray) -> None:
-    spacing, direction, origin = _lps_geometry(_check_affine(affine_ras, "affine"))
+    spacing, direction, origin = _lps_geometry(check_affine(affine_ras, "affine"))
     image.SetSpacing(spacing)
     image.SetDirection(direction)
     image.SetOrigin(origin)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import itk
-from .image import Grid, Volume
+from .image import Grid, Volume, check_affine
 
 __all__ = ["Transform"]
 
@@ -45,10 +45,7 @@ class Transform:
     field_affine: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        affine = np.asarray(self.affine, dtype=np.float64)
-        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-            raise ValueError(f"a transform's affine must be a finite invertible (4, 4) matrix, got\n{affine}")
-        object.__setattr__(self, "affine", affine)
+        object.__setattr__(self, "affine", check_affine(self.affine, "the transform's affine"))
         fields = [f for f in (self.displacement, self.inverse_displacement) if f is not None]
         if fields and self.field_affine is None:
             raise ValueError("a displacement field needs its field_affine (voxel -> RAS+ mm of its grid)")
@@ -91,7 +88,15 @@ class Transform:
         return itk.transform_points(self._sitk(inverse=True), points_ras)
 
     def write(self, forward: str | os.PathLike, inverse: str | os.PathLike | None = None) -> None:
-        """Write the ITK composite ``.h5`` of each direction (see :func:`bidsreg.itk.write_composite`)."""
+        """Write the ITK composite ``.h5`` of each direction (see :func:`bidsreg.itk.write_composite`).
+
+        Raises
+        ------
+        ValueError
+            For ``inverse`` of a deformable transform that has no inverse field.
+        """
+        if inverse is not None and self.deformable and self.inverse_displacement is None:
+            raise ValueError(f"{inverse}: this transform has no inverse displacement field to write")
         itk.write_composite(forward, self.affine, self.displacement, self.field_affine)
         if inverse is not None:
             itk.write_composite(inverse, self.affine, self.inverse_displacement, self.field_affine, inverse=True)

@@ -10,6 +10,9 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
+from typing import NamedTuple
+
+from bids import BIDSLayout
 
 from ..bids.layout import FixedImage, T1wInput, collect_t1w, fixed_image, load_layout, read_filters, select_subjects
 from ..config import Config
@@ -17,13 +20,22 @@ from ..errors import InputError, MissingInputError, NoFilesSelectedError
 from ..image import Volume, load_volume, same_grid
 from ..methods.table import TABLE, options
 
-__all__ = ["check_image", "check_inputs", "layouts", "participant_inputs", "read_checkpoint", "resolve_model",
-           "resolve_networks"]
+__all__ = ["Layouts", "check_image", "check_inputs", "fixed_and_subjects", "layouts", "read_checkpoint",
+           "resolve_model", "resolve_networks", "subject_inputs"]
 
 LOGGER = logging.getLogger("bidsreg")
 
 
-def layouts(config: Config):
+class Layouts(NamedTuple):
+    """What the run reads its inputs from."""
+
+    dataset: BIDSLayout
+    labels: BIDSLayout | None
+    masks: BIDSLayout | None
+    filters: dict
+
+
+def layouts(config: Config) -> Layouts:
     """The input dataset (validated unless skipped), the labels and masks derivatives, the T1w filters."""
     from ..bids.validation import validate_dataset
 
@@ -32,10 +44,12 @@ def layouts(config: Config):
         if report.warnings:
             LOGGER.warning("BIDS validator: %d warning(s) in %s (run bids-validator-deno for details)",
                            len(report.warnings), config.bids_dir)
-    layout = load_layout(config.bids_dir)
-    labels = load_layout(config.labels, derivative=True) if config.labels else None
-    masks = load_layout(config.masks, derivative=True) if config.masks else None
-    return layout, labels, masks, read_filters(config.bids_filter_file)
+    return Layouts(
+        load_layout(config.bids_dir),
+        load_layout(config.labels, derivative=True) if config.labels else None,
+        load_layout(config.masks, derivative=True) if config.masks else None,
+        read_filters(config.bids_filter_file),
+    )
 
 
 def check_image(path: Path, labels: bool = False) -> Volume:
@@ -60,15 +74,12 @@ def check_inputs(image_path: Path, labels: Path | None = None, mask: Path | None
             )
 
 
-def participant_inputs(config: Config) -> tuple[FixedImage, list[str], list[T1wInput]]:
-    """The fixed image, the subjects to register (not the fixed one) and their T1w images, all checked."""
-    if config.fixed is None:
-        raise MissingInputError("participant needs the fixed image: --fixed sub-XX (a subject of the dataset) or "
-                                "--fixed PATH")
-    layout, labels, masks, filters = layouts(config)
-    subjects = select_subjects(layout, list(config.participant_label))
-    fixed = fixed_image(config.fixed, layout, fixed_labels=config.fixed_labels, labels=labels,
-                        labels_desc=config.labels_desc, need_labels=labels is not None or config.fixed_labels is not None)
+def fixed_and_subjects(config: Config, found: Layouts) -> tuple[FixedImage, list[str]]:
+    """The fixed image (``config.fixed``, checked) and the subjects to register (not the fixed one)."""
+    subjects = select_subjects(found.dataset, list(config.participant_label))
+    fixed = fixed_image(config.fixed, found.dataset, fixed_labels=config.fixed_labels, labels=found.labels,
+                        labels_desc=config.labels_desc,
+                        need_labels=found.labels is not None or config.fixed_labels is not None)
     check_inputs(fixed.path, fixed.labels)
     if fixed.source.startswith("sub-") and fixed.source[4:] in subjects:
         LOGGER.info("%s is the fixed image; it is not registered to itself", fixed.source)
@@ -76,16 +87,22 @@ def participant_inputs(config: Config) -> tuple[FixedImage, list[str], list[T1wI
     if not subjects:
         raise NoFilesSelectedError(f"{config.bids_dir}: no subject left to register (the only one selected is the "
                                    f"fixed image {fixed.source}); select other subjects")
+    return fixed, subjects
+
+
+def subject_inputs(config: Config, found: Layouts, subjects: list[str]) -> list[T1wInput]:
+    """The T1w images of ``subjects`` with their label maps and masks, each loaded and checked."""
     inputs = []
     for subject in subjects:
-        for item in collect_t1w(layout, subject, sessions=list(config.session_label) or None, filters=filters,
-                                labels=labels, labels_desc=config.labels_desc, masks=masks):
+        for item in collect_t1w(found.dataset, subject, sessions=list(config.session_label) or None,
+                                filters=found.filters, labels=found.labels, labels_desc=config.labels_desc,
+                                masks=found.masks):
             check_inputs(item.path, item.labels, item.mask)
             if item.mask is None and item.skull_stripped is not True:
                 LOGGER.warning("%s: not known to be skull-stripped (SkullStripped %s) and no --masks; the networks "
                                "expect brain-extracted images", item.path.name, item.skull_stripped)
             inputs.append(item)
-    return fixed, subjects, inputs
+    return inputs
 
 
 def read_checkpoint(path: Path, fix: str = "") -> dict:
@@ -128,7 +145,7 @@ def resolve_model(config: Config, method: str) -> Path:
     network = TABLE[method].network
     given = getattr(config.method_configs.get(method), "model", None)
     trained = config.output_dir / "models" / f"{network.checkpoint}.pt"
-    flag = next(o.flag for o in options() if o.keyword == "model" and method in o.methods)
+    flag = next((o.flag for o in options() if o.keyword == "model" and method in o.methods), "the model option")
     path = given or trained
     if not path.is_file():
         if given:

@@ -18,7 +18,7 @@ from typing import Sequence
 from .. import exit_codes
 from ..atomic import atomic_output
 from ..config import Config, write_config
-from ..errors import InputError, NoFilesSelectedError, OutputError
+from ..errors import InputError, MissingInputError, NoFilesSelectedError, OutputError
 from ..provenance import generated_by
 from .parser import parse_args
 
@@ -101,10 +101,11 @@ def run_train(config: Config) -> int:
         trainable = " and/or ".join(name for name, method in TABLE.items() if method.network)
         raise InputError(f"the train level trains the networks; --methods {','.join(config.methods)} names none: "
                          f"choose {trainable}")
-    layout, _, _, filters = layouts(config)
-    subjects = select_subjects(layout, list(config.participant_label))
+    found = layouts(config)
+    subjects = select_subjects(found.dataset, list(config.participant_label))
     sessions = list(config.session_label) or None
-    images = [item.path for s in subjects for item in collect_t1w(layout, s, sessions=sessions, filters=filters)]
+    images = [item.path for s in subjects
+              for item in collect_t1w(found.dataset, s, sessions=sessions, filters=found.filters)]
     if len(images) < 2:
         raise NoFilesSelectedError(f"{config.bids_dir}: training needs at least two T1w images, the selection has "
                                    f"{len(images)}; select more subjects (--participant-label)")
@@ -152,12 +153,15 @@ class _Progress:
         self.subjects = subjects
 
     def __call__(self, node, status: str) -> None:
+        from ..interfaces.derivatives import DerivativesSink
         from ..interfaces.registration import Registration
 
         registration = isinstance(node.interface, Registration)
-        if status != "end" or not (registration or node.name == "ds_overlap"):
+        overlap = isinstance(node.interface, DerivativesSink) and node.inputs.suffix == "overlap"
+        if status != "end" or not (registration or overlap):
             return
-        who = self.subjects.get(node.fullname.split(".")[1], node.fullname)
+        workflow = node.fullname.split(".")[1]  # bidsreg_wf.<the subject's workflow>.(...)
+        who = self.subjects.get(workflow, workflow)
         try:
             outputs = node.result.outputs
             if registration:
@@ -180,10 +184,15 @@ def run_participant(config: Config) -> int:
     from ..group.collect import collect
     from ..workflows.execution import SLURM_PLUGINS, prepare_slurm
     from ..workflows.participant import init_participant_wf, workflow_name
-    from .inputs import participant_inputs, resolve_networks
+    from .inputs import fixed_and_subjects, layouts, resolve_networks, subject_inputs
 
-    fixed, subjects, inputs = participant_inputs(config)
-    config = resolve_networks(config)
+    if config.fixed is None:
+        raise MissingInputError("participant needs the fixed image: --fixed sub-XX (a subject of the dataset) or "
+                                "--fixed PATH")
+    found = layouts(config)
+    fixed, subjects = fixed_and_subjects(config, found)
+    config = resolve_networks(config)  # before reading every image: a missing model or program says so first
+    inputs = subject_inputs(config, found, subjects)
     _prepare_output(config)
 
     methods = {name: config.method_configs[name] for name in config.methods}
@@ -232,6 +241,11 @@ def run_group_level(config: Config) -> int:
     from ..group.report import run_group
 
     report = run_group(config.output_dir)
+    try:
+        write_config(config)
+    except OSError as error:
+        raise OutputError(f"{config.output_dir / 'logs'}: cannot write the run's configuration ({error.strerror}); "
+                          "make the output folder writable") from None
     print(f"report: {report.resolve()}")
     return exit_codes.OK
 

@@ -58,8 +58,14 @@ class Registration(SimpleInterface):
         from ..profiling import measure
         from ..transform import Transform
 
+        if self.inputs.method not in TABLE:
+            raise ValueError(f"unknown method {self.inputs.method!r}; choose from {', '.join(TABLE)}")
         method = TABLE[self.inputs.method]
-        stage = next(s for s in method.stages if s.name == (self.inputs.stage or method.name))
+        stages = {stage.name: stage for stage in method.stages}
+        name = self.inputs.stage or method.name
+        if name not in stages:
+            raise ValueError(f"the {method.name} method has no stage {name!r}; its stages: {', '.join(stages)}")
+        stage = stages[name]
         config = build_config(method.config, dict(self.inputs.parameters or {}))
         context = Context(seed=self.inputs.seed, threads=self.inputs.num_threads, device=self.inputs.device)
         start = {}

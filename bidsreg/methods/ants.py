@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from ..itk import read_affine, read_displacement
 from ..transform import Transform
@@ -21,7 +22,7 @@ from .base import Context, RegistrationResult, option
 __all__ = ["AffineConfig", "SyNConfig", "affine_iterations_option", "register_affine", "register_syn"]
 
 
-def affine_iterations_option():
+def affine_iterations_option() -> Any:
     """The ``--ants-affine-iterations`` field: antspyx Affine's iterations per level, of
     ``antsaffine`` and of the affine start of the other classical methods."""
     return option("--ants-affine-iterations",

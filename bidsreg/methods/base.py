@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..transform import Transform
 
-__all__ = ["Context", "RegistrationResult", "build_config", "config_parameters", "option"]
+__all__ = ["Context", "RegistrationResult", "build_config", "config_parameters", "option", "using_threads"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,23 @@ class RegistrationResult:
     seconds: float
     parameters: dict = field(default_factory=dict)
     steps: dict = field(default_factory=dict)
+
+
+@contextmanager
+def using_threads(count: int) -> Iterator[None]:
+    """torch and SimpleITK on ``count`` threads until the block ends, then as they were before (a
+    step run in the calling process must not change the thread count of what runs next)."""
+    import SimpleITK as sitk
+    import torch
+
+    before = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    torch.set_num_threads(count)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])
 
 
 def option(flag: str, help: str, default: Any = None) -> Any:

@@ -1,6 +1,6 @@
 """The ``bspline`` baseline: an elastix B-spline free-form deformation after an affine start.
 
-As for :mod:`bidsreg.demons`, the affine start is antspyx ``Affine`` (the ``antsaffine``
+As for :mod:`bidsreg.methods.demons`, the affine start is antspyx ``Affine`` (the ``antsaffine``
 baseline); the moving image is resampled onto the fixed grid through it and elastix optimises
 a cubic B-spline transform on it (Rueckert et al. 1999; Klein et al. 2010): normalised
 correlation (both images are T1w; on the phantom of the tests Mattes mutual information lost
@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -32,7 +32,7 @@ import nibabel as nb
 import numpy as np
 
 from .ants import affine_iterations_option
-from .base import Context, RegistrationResult, config_parameters, option
+from .base import Context, RegistrationResult, config_parameters, option, using_threads
 from .refine import refine_affine
 
 __all__ = ["BSplineConfig", "bspline_field", "elastix_parameters", "find_elastix", "register"]
@@ -166,8 +166,9 @@ def register(
     elastix, _ = find_elastix()
     version = subprocess.run([elastix, "--version"], capture_output=True, text=True).stdout.split(":")[-1].strip()
     field = partial(bspline_field, config=config, seed=context.seed, threads=context.threads)
-    result = refine_affine(fixed, moving, field, affine_iterations=config.affine_iterations, context=context)
-    result.parameters.update({"elastix": version, "transform": "BSplineTransform (order 3)",
-                              "metric": "AdvancedNormalizedCorrelation",
-                              "optimizer": "AdaptiveStochasticGradientDescent", **config_parameters(config)})
-    return result
+    with using_threads(context.threads):
+        result = refine_affine(fixed, moving, field, affine_iterations=config.affine_iterations, context=context)
+    return replace(result, parameters={**result.parameters, "elastix": version,
+                                       "transform": "BSplineTransform (order 3)",
+                                       "metric": "AdvancedNormalizedCorrelation",
+                                       "optimizer": "AdaptiveStochasticGradientDescent", **config_parameters(config)})

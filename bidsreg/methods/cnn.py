@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..fields import invert_displacement
-from ..image import Volume, load_volume
+from ..image import Volume, check_affine, load_volume
 from ..itk import resample_field
 from ..nn.affine_stage import GlobalStage, symmetric_world_map
 from ..nn.grid import NetworkGrid, PreparedImage, prepare_image, translation
@@ -28,7 +28,7 @@ from ..nn.losses import Gradient, LocalNCC
 from ..nn.model import RegistrationModel
 from ..nn.networks import DeformableNet
 from ..transform import Transform
-from .base import Context, RegistrationResult, option
+from .base import Context, RegistrationResult, option, using_threads
 
 __all__ = ["CNNConfig", "align_pair", "loaded_model", "model_parameters", "register_global", "register_local",
            "register_pair"]
@@ -56,17 +56,12 @@ class CNNConfig:
 
 @contextmanager
 def loaded_model(path: str | os.PathLike | None, context: Context) -> Iterator[RegistrationModel]:
-    """The model of a checkpoint on ``context.device``, with torch on ``context.threads`` threads
-    until the block ends (a step run in the calling process must not change its thread count
-    for what runs next)."""
+    """The model of a checkpoint on ``context.device``, with torch and SimpleITK on
+    ``context.threads`` threads until the block ends (:func:`~bidsreg.methods.base.using_threads`)."""
     if path is None:
         raise ValueError("a network method needs its checkpoint (model)")
-    before = torch.get_num_threads()
-    torch.set_num_threads(context.threads)
-    try:
+    with using_threads(context.threads):
         yield RegistrationModel.from_checkpoint(path, context.device)
-    finally:
-        torch.set_num_threads(before)
 
 
 def register_global(fixed: str | os.PathLike, moving: str | os.PathLike, config: CNNConfig,
@@ -240,9 +235,7 @@ def _given_global_stage(
     fixed: PreparedImage, moving: PreparedImage, model: RegistrationModel, world_map: np.ndarray
 ) -> GlobalStage:
     """The :class:`GlobalStage` of a global world map computed earlier (by :func:`align_pair`)."""
-    world_map = np.asarray(world_map, dtype=np.float64)
-    if world_map.shape != (4, 4) or not np.all(np.isfinite(world_map)) or abs(np.linalg.det(world_map[:3, :3])) < 1e-6:
-        raise ValueError(f"the global world map must be a finite invertible (4, 4) matrix, got {world_map!r}")
+    world_map = check_affine(world_map, "the global world map")
     grid = NetworkGrid.covering(fixed, model.preprocess, model.affine_net.min_side)
     return GlobalStage(grid, grid.resample(fixed), translation(moving.centre - fixed.centre), world_map)
 

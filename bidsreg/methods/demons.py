@@ -11,13 +11,13 @@ other method: a fixed point ``x`` maps to ``affine @ (x + displacement(x))``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
 
 from .ants import affine_iterations_option
-from .base import Context, RegistrationResult, config_parameters, option
+from .base import Context, RegistrationResult, config_parameters, option, using_threads
 from .refine import refine_affine
 
 __all__ = ["DemonsConfig", "demons_field", "register"]
@@ -111,9 +111,9 @@ def register(
     """
     import SimpleITK as sitk
 
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(context.threads)
-    result = refine_affine(fixed, moving, partial(demons_field, config=config),
-                           affine_iterations=config.affine_iterations, context=context)
-    result.parameters.update({"simpleitk": sitk.Version.VersionString(),
-                              "filter": "FastSymmetricForcesDemonsRegistrationFilter", **config_parameters(config)})
-    return result
+    with using_threads(context.threads):
+        result = refine_affine(fixed, moving, partial(demons_field, config=config),
+                               affine_iterations=config.affine_iterations, context=context)
+    return replace(result, parameters={**result.parameters, "simpleitk": sitk.Version.VersionString(),
+                                       "filter": "FastSymmetricForcesDemonsRegistrationFilter",
+                                       **config_parameters(config)})

@@ -95,9 +95,12 @@ class Method:
     check : callable or None
         Called before any work starts; raises FileNotFoundError (with how to install it) when
         something the method runs is missing.
+    context : tuple of str
+        The :class:`~bidsreg.methods.base.Context` fields it reads: only those reach its
+        workflow nodes, so that changing another (``--device`` for ANTs) does not rerun it.
     text : str
-        Its sentence in the report's methods paragraph; ``{version}``, ``{parameters}``, ``{kind}``
-        and ``{model}`` are filled from its sidecars.
+        Its sentence in the report's methods paragraph; ``{name}``, ``{version}``,
+        ``{parameters}``, ``{kind}`` and ``{model}`` are filled from its sidecars.
     """
 
     name: str
@@ -109,6 +112,7 @@ class Method:
     start: Stage | None = None
     network: Network | None = None
     check: Callable[[], Any] | None = None
+    context: tuple[str, ...] = ("seed", "threads")
     text: str = ""
 
     @property
@@ -153,13 +157,16 @@ _CNN_TEXT = (
     "is inverse-consistent; then a U-Net predicts a displacement field trained on local NCC over 9×9×9 windows with "
     "a diffusion regulariser (model {model}). Its global stage alone is reported as cnnaffine."
 )
+#: What a network's registration reads of the run's context (its inference draws nothing at random).
+_NETWORK_CONTEXT = ("threads", "device")
 _ANTS_TEXT = "The {name} baseline is antspyx {version} registration with type_of_transform='{kind}' ({parameters})."
 
 #: The methods, in the order of the original comparison.
 TABLE: dict[str, Method] = {method.name: method for method in (
     Method("cnn", "the two-stage CNN (global affine network, then U-Net displacement field)", cnn.register_local,
            cnn.CNNConfig, True, 2.5, start=Stage("cnnaffine", cnn.register_global),
-           network=Network("bidsreg_model", global_stage=True, shipped=DEFAULT_MODEL), text=_CNN_TEXT),
+           network=Network("bidsreg_model", global_stage=True, shipped=DEFAULT_MODEL), context=_NETWORK_CONTEXT,
+           text=_CNN_TEXT),
     Method("antsaffine", "antspyx Affine", ants.register_affine, ants.AffineConfig, False, 1.8, text=_ANTS_TEXT),
     Method("bspline", "antspyx Affine, then an elastix B-spline free-form deformation", bspline.register,
            bspline.BSplineConfig, True, 2.0, check=bspline.find_elastix,
@@ -175,7 +182,7 @@ TABLE: dict[str, Method] = {method.name: method for method in (
            text=_ANTS_TEXT),
     Method("voxelmorph", "one-stage VoxelMorph: the U-Net alone, trained on pairs not aligned by an affine network",
            voxelmorph.register, voxelmorph.VoxelMorphConfig, True, 2.5,
-           network=Network("bidsreg_voxelmorph", global_stage=False),
+           network=Network("bidsreg_voxelmorph", global_stage=False), context=_NETWORK_CONTEXT,
            text="The voxelmorph method is the one-stage variant: the same U-Net and loss trained alone on pairs "
                 "aligned only by their centres of mass, and applied from that alignment (model {model})."),
 )}

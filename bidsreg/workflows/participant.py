@@ -33,6 +33,8 @@ __all__ = ["init_evaluate_wf", "init_participant_wf", "workflow_name"]
 
 #: Entities of an input T1w that its derivatives keep.
 _KEPT = ("subject", "session", "acquisition", "ceagent", "reconstruction", "run")
+#: The Registration input of each Context field.
+_CONTEXT_INPUTS = {"seed": "seed", "threads": "num_threads", "device": "device"}
 
 
 def workflow_name(entities: dict) -> str:
@@ -141,11 +143,12 @@ def _registration_nodes(workflow: pe.Workflow, method: str, config: Any, fixed: 
     before it), by the name each reports."""
     row = TABLE[method]
     files = [str(value) for value in dataclasses.asdict(config).values() if isinstance(value, Path)]
+    inputs = {_CONTEXT_INPUTS[name]: getattr(context, name) for name in row.context}
     nodes, previous = {}, None
     for stage in row.stages:
         node = pe.Node(Registration(
             fixed=str(fixed.path), method=method, stage=stage.name, parameters=config_parameters(config),
-            parameter_files=files, seed=context.seed, num_threads=context.threads, device=context.device,
+            parameter_files=files, **inputs,
         ), name=f"register_{stage.name}", n_procs=context.threads, mem_gb=row.memory_gb)
         if previous is not None:
             workflow.connect([(previous, node, [("forward_transform", "start_transform"), ("report", "start_report")])])

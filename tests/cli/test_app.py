@@ -184,7 +184,7 @@ def test_participant_derivatives_have_the_conventions_names(app):
 
 def test_the_run_configuration_is_stored_in_the_derivatives(app):
     stored = {path.name.split("_")[1]: json.loads(path.read_text()) for path in (app["out"] / "logs").glob("config_*.json")}
-    assert set(stored) == {"train", "participant"}
+    assert set(stored) == {"train", "participant", "group"}
     participant = stored["participant"]
     assert participant["methods"] == [m for m in method_names() if ELASTIX or m != "bspline"]
     assert participant["method_configs"]["cnn"]["model"] == str(app["out"] / "models" / "bidsreg_model.pt")

@@ -40,11 +40,6 @@ def reference(images, make_config, tmp_path_factory) -> dict:
 # ---------------------------------------------------------------- configuration and augmentation
 
 
-def test_train_needs_two_images(images, make_config, tmp_path):
-    with pytest.raises(ValueError, match="at least 2"):
-        train_model(images[:1], tmp_path / "one.pt", make_config(), device="cpu", progress=False)
-
-
 # ---------------------------------------------------------------- checkpoint contents
 
 

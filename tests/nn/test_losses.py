@@ -110,7 +110,7 @@ def cropped_window_ncc(fixed: np.ndarray, moving: np.ndarray, window: int, eps: 
 
 @pytest.mark.parametrize("window", [3, 5])
 def test_local_ncc_equals_the_windowed_formula_written_out(window):
-    """METHOD.md's local NCC, windows cut at the image border, computed voxel by voxel."""
+    """The stage-2 local NCC (bidsreg.nn.losses), windows cut at the image border, computed voxel by voxel."""
     fixed = noise(1, 1, 7, 6, 5, seed=5)
     moving = 0.5 * fixed + noise(1, 1, 7, 6, 5, seed=6)
     expected = cropped_window_ncc(fixed[0, 0].numpy(), moving[0, 0].numpy(), window)

@@ -31,11 +31,11 @@ def configs(files, methods) -> dict:
     return {m: dataclasses.replace(c, model=files["model"]) if TABLE[m].network else c for m, c in out.items()}
 
 
-def _build(files, methods, labels=True, tmp_path=Path("/tmp"), mask=None):
+def _build(files, methods, labels=True, tmp_path=Path("/tmp"), mask=None, context=Context()):
     """The participant workflow of sub-02 of the phantom dataset with ``methods``."""
     t1w = T1wInput(files["t1w"], {"subject": "02", "datatype": "anat"}, labels=files["labels"] if labels else None,
                    mask=mask)
-    return init_participant_wf(t1w=t1w, fixed=files["fixed"], methods=configs(files, methods), context=Context(),
+    return init_participant_wf(t1w=t1w, fixed=files["fixed"], methods=configs(files, methods), context=context,
                                output_dir=tmp_path, seg="phantom")
 
 

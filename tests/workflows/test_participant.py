@@ -48,8 +48,12 @@ def test_one_branch_per_method_feeding_the_same_evaluation(build, methods, label
 
 
 def test_parameters_reach_their_method_only(build, files, tmp_path):
-    workflow = build(("demons", "antssyn", "cnn"), tmp_path=tmp_path)
+    workflow = build(("demons", "antssyn", "cnn"), tmp_path=tmp_path, context=Context(seed=5, threads=2, device="cpu"))
     assert workflow.get_node("register_demons").inputs.parameters["iterations"] == [5, 5, 5]
+    # Each node gets the context its method reads: the seed for ANTs, the device for the networks.
+    antssyn, cnn = workflow.get_node("register_antssyn").inputs, workflow.get_node("register_cnn").inputs
+    assert (antssyn.seed, antssyn.num_threads, antssyn.device) == (5, 2, "auto")
+    assert (cnn.seed, cnn.num_threads, cnn.device) == (0, 2, "cpu")
     assert workflow.get_node("register_antssyn").inputs.parameters == {"affine_iterations": None,
                                                                         "syn_iterations": None}
     # A file a configuration names is hashed with the step (a retrained model reruns it).
