@@ -8,8 +8,8 @@ values inside the field's grid, ``benchmarks/library_routines.py``.)
 
 The inversion is bidsreg's own (torch's ``grid_sample`` on slabs of voxels), not SimpleITK's
 ``InvertDisplacementFieldImageFilter``, because it is faster for the same result in the image
-(``benchmarks/library_routines.py``, a 256x256x160 grid, 20 iterations, 2 threads: 18 s against
-27 s, residual below 0.001 mm for both farther than 10 voxels from the border). Within 10 voxels
+(``benchmarks/library_routines.py``, a 256x256x160 grid, 20 iterations, 2 threads: 7.1 s against
+11.0 s, residual below 0.001 mm for both farther than 10 voxels from the border). Within 10 voxels
 of the border, where no exact inverse exists (ITK takes a field as zero outside its grid), the
 filter's residual is smaller (95th percentile 1.9 mm against 3.4 mm): that band is background
 in a brain image.
