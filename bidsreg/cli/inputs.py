@@ -150,7 +150,7 @@ def resolve_model(config: Config, method: str) -> Path:
     if not path.is_file():
         if given:
             raise MissingInputError(f"{path}: {flag} file not found; give a checkpoint written by 'bidsreg ... train'")
-        path = _shipped_model(config, network.shipped)
+        path = _shipped_model(config, network.shipped, method)
         if path is None:
             raise MissingInputError(
                 f"{trained}: no trained {method} model (no {flag}, none in output_dir/models"
@@ -176,9 +176,11 @@ def _check_model(path: Path, method: str) -> None:
                          f"'train --methods {method}'")
 
 
-def _shipped_model(config: Config, shipped: Path | None) -> Path | None:
-    """The default weights shipped in the package, with a warning where they are not known to do
-    better than antspyx Affine (on real brains: the model card's OASIS figures)."""
+def _shipped_model(config: Config, shipped: Path | None, method: str) -> Path | None:
+    """The default weights shipped in the package, with a warning where the network alone
+    (``cnn``) is not known to do better than antspyx Affine with them (on real brains: the model
+    card's OASIS figures). ``cnnio`` fits each pair itself from the network's output and gets no
+    warning (README: with these weights it is above antspyx SyN on the evaluation pairs)."""
     from ..methods.model_card import read_model_card
 
     if shipped is None or not shipped.is_file():
@@ -186,10 +188,10 @@ def _shipped_model(config: Config, shipped: Path | None) -> Path | None:
     LOGGER.info("no --model and no trained model in %s: using the default weights shipped with bidsreg (%s), "
                 "trained on synthetic brains only", config.output_dir / "models", shipped.name)
     real = read_model_card(shipped).get("Evaluation", {}).get("RealData", {})
-    if not _is_demo(config.bids_dir) and not real.get("BeatsANTsAffine", False):
+    if method == "cnn" and not _is_demo(config.bids_dir) and not real.get("BeatsANTsAffine", False):
         LOGGER.warning(
-            "the shipped default weights do not beat antspyx Affine on real brains (%s: cnn Dice %s, antsaffine %s); "
-            "train a model on your data ('bidsreg %s %s train') for real use",
+            "with the shipped default weights, cnn does not beat antspyx Affine on real brains (%s: cnn Dice %s, "
+            "antsaffine %s); use cnnio (the accurate mode), or train a model on your data ('bidsreg %s %s train')",
             real.get("Dataset", "not measured"), real.get("cnn", "n/a"), real.get("antsaffine", "n/a"),
             config.bids_dir, config.output_dir)
     return shipped

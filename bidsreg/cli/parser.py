@@ -144,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--labels", type=Path, metavar="DERIV_DIR", help="derivatives dataset holding _dseg label maps")
     reg.add_argument("--labels-desc", metavar="DESC", help="desc entity of those label maps")
     reg.add_argument("--masks", type=Path, metavar="DERIV_DIR", help="brain masks for T1w images that are not skull-stripped")
-    reg.add_argument("--methods", type=_methods, default=["cnn"], metavar="LIST",
-                     help="comma-separated, or all: " + "; ".join(f"{m.name} ({m.summary})" for m in TABLE.values())
+    reg.add_argument("--methods", type=_methods, default=["cnnio"], metavar="LIST",
+                     help="comma-separated, or all (default: cnnio): " + "; ".join(f"{m.name} ({m.summary})" for m in TABLE.values())
                           + ". At the train level: the networks to train, "
                           + " and/or ".join(m.name for m in TABLE.values() if m.network))
     reg.add_argument("--recipe", type=Path, metavar="PATH", help="TOML file of option values (see workflows/)")

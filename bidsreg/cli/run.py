@@ -96,7 +96,11 @@ def run_train(config: Config) -> int:
     from ..nn.train import TrainConfig
     from .inputs import check_image, layouts, read_checkpoint
 
-    networks = [name for name in config.methods if TABLE[name].network is not None]
+    by_checkpoint: dict[str, str] = {}  # cnn and cnnio run one checkpoint: it is trained once
+    for name in config.methods:
+        if TABLE[name].network is not None:
+            by_checkpoint.setdefault(TABLE[name].network.checkpoint, name)
+    networks = list(by_checkpoint.values())
     if not networks:
         trainable = " and/or ".join(name for name, method in TABLE.items() if method.network)
         raise InputError(f"the train level trains the networks; --methods {','.join(config.methods)} names none: "

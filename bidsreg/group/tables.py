@@ -11,8 +11,8 @@ from ..methods.table import reported_names
 
 __all__ = ["STAGES", "cnn_stages", "ordered_methods", "label_table", "method_table", "qc_flags", "wilcoxon_table"]
 
-#: The CNN's stages as the original work reports them.
-STAGES = {"original": "original", "cnnaffine": "global", "cnn": "registered"}
+#: The CNN's stages as the original work reports them, then the instance-optimised mode (cnnio).
+STAGES = {"original": "original", "cnnaffine": "global", "cnn": "registered", "cnnio": "optimised"}
 _MEASURES = ("dice", "jaccard", "target_overlap", "hd95", "dsc30", "folding_percent", "sdlogj", "seconds", "peak_memory_mb")
 _IDENTITY = ["subject", "session", "run"]
 
@@ -44,7 +44,7 @@ def method_table(subjects: pd.DataFrame) -> pd.DataFrame:
 
 
 def cnn_stages(methods: pd.DataFrame) -> pd.DataFrame:
-    """The "original / global / registered" rows of :func:`method_table` for the CNN."""
+    """The "original / global / registered (/ optimised)" rows of :func:`method_table` for the CNN."""
     if methods.empty:
         return methods
     table = methods[methods["method"].isin(STAGES)].copy()

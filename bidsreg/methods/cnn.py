@@ -8,9 +8,10 @@ runs them (reported as ``cnnaffine`` and ``cnn``), from a checkpoint named by :c
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,20 +24,24 @@ from ..image import Volume, check_affine, load_volume
 from ..itk import resample_field
 from ..nn.affine_stage import GlobalStage, symmetric_world_map
 from ..nn.grid import NetworkGrid, PreparedImage, prepare_image, translation
-from ..nn.layers import SpatialTransformer
-from ..nn.losses import Gradient, LocalNCC
+from ..nn.instance import VelocityOptimisation, integrate_velocity, optimise_velocity
 from ..nn.model import RegistrationModel
-from ..nn.networks import DeformableNet
 from ..transform import Transform
 from .base import Context, RegistrationResult, option, using_threads
 
-__all__ = ["CNNConfig", "align_pair", "loaded_model", "model_parameters", "register_global", "register_local",
-           "register_pair"]
+__all__ = ["CNNConfig", "CNNIOConfig", "align_pair", "loaded_model", "model_parameters", "register_global",
+           "register_local", "register_optimised", "register_pair"]
 
 #: Below this Dice of the two foregrounds after the global stage, the pair is refused.
 MIN_FOREGROUND_DICE = 0.2
 #: Fixed-point iterations of the inverse of a non-diffeomorphic field (see _inverse_on_grid).
 INVERSE_ITERATIONS = 20
+
+
+def _model_option():
+    """The ``--model`` field of cnn and cnnio: one option for the two methods of one checkpoint."""
+    return option("--model", "bidsreg checkpoint of the two-stage cnn and cnnio (default: the one train wrote in "
+                             "output_dir, else the default weights shipped with bidsreg)")
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,46 @@ class CNNConfig:
         else the default weights shipped with bidsreg).
     """
 
-    model: Path | None = option("--model", "bidsreg checkpoint of the two-stage cnn (default: the one train wrote in "
-                                           "output_dir, else the default weights shipped with bidsreg)")
+    model: Path | None = _model_option()
+
+
+@dataclass(frozen=True)
+class CNNIOConfig:
+    """Parameters of ``cnnio``: the two-stage network, then instance optimisation of both stages.
+
+    Attributes
+    ----------
+    model : Path or None
+        The two-stage checkpoint, as :class:`CNNConfig`'s (one ``--model`` for both methods).
+    affine_steps : int
+        Adam steps on the 12 affine parameters after the global network
+        (:func:`bidsreg.nn.affine_stage.refine_world_map`; 0: none, the default: on two training
+        pairs 200 of them lowered the affine Dice by 0.013 and the final one by 0.01 to 0.015,
+        ``benchmarks/instance_sweep.py``).
+    iterations : tuple of int
+        Adam iterations on the velocity field at twice the network grid's spacing and at it
+        (4 mm and 2 mm for the default 2 mm grid); 0 skips a level.
+    regularisation : float
+        Weight of the diffusion term (:class:`bidsreg.nn.instance.VelocityOptimisation`).
+    """
+
+    model: Path | None = _model_option()
+    affine_steps: int = option("--cnnio-affine-steps", "Adam steps on the affine parameters after the global network "
+                                                       "(0: none, the default)", 0)
+    iterations: tuple[int, ...] = option("--cnnio-iterations", "Adam iterations on the velocity field at 4 mm and at "
+                                                               "2 mm (two values; 0 skips a level)", (60, 10))
+    regularisation: float = option("--cnnio-regularisation", "weight of the velocity field's diffusion term", 1.0)
+
+    def __post_init__(self) -> None:
+        if self.affine_steps < 0:
+            raise ValueError(f"cnnio affine_steps must be >= 0, got {self.affine_steps}")
+        if len(self.iterations) != 2:
+            raise ValueError(f"cnnio iterations: two values (4 mm, 2 mm), got {self.iterations}")
+        self.optimisation()  # its checks
+
+    def optimisation(self) -> VelocityOptimisation:
+        """The local stage's :class:`~bidsreg.nn.instance.VelocityOptimisation`."""
+        return VelocityOptimisation(factors=(2, 1), iterations=self.iterations, regularisation=self.regularisation)
 
 
 @contextmanager
@@ -79,6 +122,18 @@ def register_local(fixed: str | os.PathLike, moving: str | os.PathLike, config: 
         result = register_pair(fixed, moving, model, affine=start.transform.affine, inverse=True)
     return RegistrationResult(result.transform, start.seconds + result.seconds, model_parameters(config.model, context),
                               result.steps)
+
+
+def register_optimised(fixed: str | os.PathLike, moving: str | os.PathLike, config: CNNIOConfig,
+                       context: Context = Context()) -> RegistrationResult:
+    """``cnnio``: both stages of the network, each refined for this pair by instance optimisation
+    (:func:`register_pair` with ``global_instance_steps`` and ``local_instance``)."""
+    with loaded_model(config.model, context) as model:
+        result = register_pair(fixed, moving, model, inverse=True, global_instance_steps=config.affine_steps,
+                               local_instance=config.optimisation())
+    parameters = {**model_parameters(config.model, context), "affine_steps": config.affine_steps,
+                  "iterations": list(config.iterations), "regularisation": config.regularisation}
+    return RegistrationResult(result.transform, result.seconds, parameters, result.steps)
 
 
 def model_parameters(model: str | os.PathLike, context: Context) -> dict:
@@ -119,8 +174,7 @@ def register_pair(
     affine: np.ndarray | None = None,
     inverse: bool = False,
     global_instance_steps: int = 0,
-    local_instance_steps: int = 0,
-    instance_lr: float = 0.1,
+    local_instance: VelocityOptimisation | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with a trained model.
 
@@ -140,11 +194,11 @@ def register_pair(
         on the 12 affine parameters, from the network's prediction, on the stage-1 loss on
         the pooled grid the network reads (cheap: about a second for 200 steps on 2 CPU threads).
         Ignored with ``affine``.
-    local_instance_steps : int
-        Instance optimisation of the local stage (0: off, the default): this many Adam steps on
-        the network's output field, on the stage-2 loss, for this pair only.
-    instance_lr : float
-        Step size of the local instance optimisation (grid voxels).
+    local_instance : VelocityOptimisation, optional
+        Instance optimisation of the local stage (None: off, the default): a velocity field
+        fitted to this pair from the network's output, coarse to fine
+        (:func:`bidsreg.nn.instance.optimise_velocity`); the map is then a diffeomorphism of the
+        network grid, and its inverse is exact (the integration of ``-v``).
 
     Returns
     -------
@@ -153,9 +207,8 @@ def register_pair(
         (``grid_shape``, ``grid_affine``: voxel -> RAS+ mm); ``steps`` the seconds of load,
         preprocess, global, local (and inverse), ``seconds`` their sum.
     """
-    for name, count in (("global_instance_steps", global_instance_steps), ("local_instance_steps", local_instance_steps)):
-        if count < 0:
-            raise ValueError(f"{name} must be >= 0, got {count}")
+    if global_instance_steps < 0:
+        raise ValueError(f"global_instance_steps must be >= 0, got {global_instance_steps}")
     steps: dict = {}
     with torch.no_grad():
         fixed_vol, moving_vol, fixed_img, moving_img = _prepare_pair(fixed, moving, model, steps)
@@ -165,9 +218,11 @@ def register_pair(
         tick = time.perf_counter()
         net = model.deformable_net
         velocity = net.velocity(fixed_grid, moving_grid)
-        if local_instance_steps:
-            velocity = _instance_optimise(model, fixed_grid, moving_grid, velocity, local_instance_steps, instance_lr)
-        field_voxels = net.integrate(velocity) if net.integrate is not None else velocity
+        integrate = net.integrate
+        if local_instance is not None:
+            velocity, _ = optimise_velocity(fixed_grid, moving_grid, velocity, local_instance)
+            integrate = functools.partial(integrate_velocity, squarings=local_instance.squarings)
+        field_voxels = integrate(velocity) if integrate is not None else velocity
         displacement = resample_field(
             _channels_last(grid.displacement_to_world(field_voxels)), grid.affine, fixed_vol.shape, fixed_vol.affine
         )
@@ -176,7 +231,7 @@ def register_pair(
         inverse_displacement = None
         if inverse:
             tick = time.perf_counter()
-            inverse_grid = _inverse_on_grid(net, grid, velocity, field_voxels)
+            inverse_grid = _inverse_on_grid(integrate, grid, velocity, field_voxels)
             inverse_displacement = resample_field(inverse_grid, grid.affine, fixed_vol.shape, fixed_vol.affine)
             steps["inverse"] = time.perf_counter() - tick
     transform = Transform(stage.world_map, displacement, inverse_displacement, fixed_vol.affine)
@@ -195,24 +250,6 @@ def _check_overlap(fixed: torch.Tensor, moving: torch.Tensor, threshold: float, 
             f"{moving_path}: the moving image barely overlaps the fixed image after initialisation "
             f"(foreground Dice {dice:.2f}); check that both are brain images of the same kind"
         )
-
-
-def _instance_optimise(
-    model: RegistrationModel, fixed: torch.Tensor, moving: torch.Tensor, start: torch.Tensor, steps: int, lr: float
-) -> torch.Tensor:
-    """A few Adam steps on the network's output field for this pair (same loss as training)."""
-    net = model.deformable_net
-    param = start.detach().clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([param], lr=lr)
-    similarity, smoothness, warp = LocalNCC(model.window), Gradient(), SpatialTransformer()
-    with torch.enable_grad():
-        for _ in range(steps):
-            optimiser.zero_grad()
-            field = net.integrate(param) if net.integrate is not None else param
-            loss = similarity(fixed, warp(moving, field)) + model.smoothness * smoothness(field)
-            loss.backward()
-            optimiser.step()
-    return param.detach()
 
 
 def _as_volume(image: Volume | str | os.PathLike) -> Volume:
@@ -269,16 +306,17 @@ def _channels_last(field: torch.Tensor) -> np.ndarray:
     return field[0].permute(1, 2, 3, 0).cpu().numpy()
 
 
-def _inverse_on_grid(net: DeformableNet, grid: NetworkGrid, velocity: torch.Tensor, field: torch.Tensor) -> np.ndarray:
+def _inverse_on_grid(integrate: Callable[[torch.Tensor], torch.Tensor] | None, grid: NetworkGrid, velocity: torch.Tensor,
+                     field: torch.Tensor) -> np.ndarray:
     """Inverse of the grid displacement, (X, Y, Z, 3) in mm: exact integration of ``-v`` for a
-    diffeomorphic network, fixed-point inversion of the field otherwise.
+    velocity field (``integrate``), fixed-point inversion of the field otherwise.
 
     The fixed-point inversion runs at most :data:`INVERSE_ITERATIONS` iterations: where the
     field is smooth it has converged far below a voxel by then, and where the field folds it
     never converges (there is no inverse), so more iterations would only cost time.
     """
-    if net.integrate is not None:
-        return _channels_last(grid.displacement_to_world(net.integrate(-velocity)))
+    if integrate is not None:
+        return _channels_last(grid.displacement_to_world(integrate(-velocity)))
     return invert_displacement(_channels_last(grid.displacement_to_world(field)), grid.affine, iterations=INVERSE_ITERATIONS)
 
 

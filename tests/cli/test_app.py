@@ -39,6 +39,8 @@ DERIVATIVES = (
     "sub-02_from-T1w_to-sub01_desc-cnn_mode-image_xfm.json",
     "sub-02_from-T1w_to-sub01_desc-cnnaffine_mode-image_xfm.h5",
     "sub-02_from-T1w_to-sub01_desc-cnnaffine_mode-image_xfm.json",
+    "sub-02_from-T1w_to-sub01_desc-cnnio_mode-image_xfm.h5",
+    "sub-02_from-T1w_to-sub01_desc-cnnio_mode-image_xfm.json",
     "sub-02_from-T1w_to-sub01_desc-demons_mode-image_xfm.h5",
     "sub-02_from-T1w_to-sub01_desc-demons_mode-image_xfm.json",
     "sub-02_from-T1w_to-sub01_desc-voxelmorph_mode-image_xfm.h5",
@@ -53,6 +55,8 @@ DERIVATIVES = (
     "sub-02_from-sub01_to-T1w_desc-cnn_mode-image_xfm.json",
     "sub-02_from-sub01_to-T1w_desc-cnnaffine_mode-image_xfm.h5",
     "sub-02_from-sub01_to-T1w_desc-cnnaffine_mode-image_xfm.json",
+    "sub-02_from-sub01_to-T1w_desc-cnnio_mode-image_xfm.h5",
+    "sub-02_from-sub01_to-T1w_desc-cnnio_mode-image_xfm.json",
     "sub-02_from-sub01_to-T1w_desc-demons_mode-image_xfm.h5",
     "sub-02_from-sub01_to-T1w_desc-demons_mode-image_xfm.json",
     "sub-02_from-sub01_to-T1w_desc-voxelmorph_mode-image_xfm.h5",
@@ -67,6 +71,8 @@ DERIVATIVES = (
     "sub-02_seg-phantom_desc-cnn_overlap.tsv",
     "sub-02_seg-phantom_desc-cnnaffine_overlap.json",
     "sub-02_seg-phantom_desc-cnnaffine_overlap.tsv",
+    "sub-02_seg-phantom_desc-cnnio_overlap.json",
+    "sub-02_seg-phantom_desc-cnnio_overlap.tsv",
     "sub-02_seg-phantom_desc-demons_overlap.json",
     "sub-02_seg-phantom_desc-demons_overlap.tsv",
     "sub-02_seg-phantom_desc-original_overlap.json",
@@ -89,6 +95,10 @@ DERIVATIVES = (
     "sub-02_space-sub01_desc-cnn_jacobian.nii.gz",
     "sub-02_space-sub01_desc-cnnaffine_T1w.json",
     "sub-02_space-sub01_desc-cnnaffine_T1w.nii.gz",
+    "sub-02_space-sub01_desc-cnnio_T1w.json",
+    "sub-02_space-sub01_desc-cnnio_T1w.nii.gz",
+    "sub-02_space-sub01_desc-cnnio_jacobian.json",
+    "sub-02_space-sub01_desc-cnnio_jacobian.nii.gz",
     "sub-02_space-sub01_desc-demons_T1w.json",
     "sub-02_space-sub01_desc-demons_T1w.nii.gz",
     "sub-02_space-sub01_desc-demons_jacobian.json",
@@ -107,6 +117,8 @@ DERIVATIVES = (
     "sub-02_space-sub01_seg-phantom_desc-cnn_dseg.nii.gz",
     "sub-02_space-sub01_seg-phantom_desc-cnnaffine_dseg.json",
     "sub-02_space-sub01_seg-phantom_desc-cnnaffine_dseg.nii.gz",
+    "sub-02_space-sub01_seg-phantom_desc-cnnio_dseg.json",
+    "sub-02_space-sub01_seg-phantom_desc-cnnio_dseg.nii.gz",
     "sub-02_space-sub01_seg-phantom_desc-demons_dseg.json",
     "sub-02_space-sub01_seg-phantom_desc-demons_dseg.nii.gz",
     "sub-02_space-sub01_seg-phantom_desc-voxelmorph_dseg.json",
@@ -232,7 +244,7 @@ def test_group_tables_and_report(app):
     assert {"dice_mean", "dice_sd", "jaccard_mean", "hd95_mean", "dsc30_mean", "folding_percent_mean",
             "sdlogj_mean", "seconds_mean"} <= set(methods.columns)
     stages = pd.read_csv(group / "cnn_stages.tsv", sep="\t")
-    assert list(stages["stage"]) == ["original", "global", "registered"]
+    assert list(stages["stage"]) == ["original", "global", "registered", "optimised"]
     labels = pd.read_csv(group / "labels.tsv", sep="\t")
     assert len(labels) == 10 and {"name", "cnn", "antssyn"} <= set(labels.columns)
     tests = pd.read_csv(group / "wilcoxon.tsv", sep="\t", na_values="n/a")

@@ -44,12 +44,16 @@ def _config(bids: Path, out: Path) -> Config:
 
 
 def test_shipped_weights_are_the_default_and_warned_about_on_real_data(bids_dataset, tmp_path, caplog):
+    """cnn with the shipped weights is warned about on real data unless the card says it beats
+    antspyx Affine; cnnio, which fits each pair itself, is not."""
     caplog.set_level(logging.INFO, logger="bidsreg")
-    assert resolve_model(_config(bids_dataset, tmp_path / "out"), "cnn") == DEFAULT_MODEL
     beats = read_model_card(DEFAULT_MODEL)["Evaluation"]["RealData"]["BeatsANTsAffine"]
-    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "shipped default weights" in r.message]
-    assert len(warned) == (0 if beats else 1)
-    assert any("using the default weights shipped" in r.message for r in caplog.records)
+    for method, warnings in (("cnn", 0 if beats else 1), ("cnnio", 0)):
+        caplog.clear()
+        assert resolve_model(_config(bids_dataset, tmp_path / "out"), method) == DEFAULT_MODEL
+        warned = [r for r in caplog.records if r.levelno == logging.WARNING and "shipped default weights" in r.message]
+        assert len(warned) == warnings, method
+        assert any("using the default weights shipped" in r.message for r in caplog.records)
 
 
 def test_a_trained_model_wins_over_the_shipped_one(bids_dataset, tmp_path):

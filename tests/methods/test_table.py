@@ -23,10 +23,12 @@ def test_every_option_comes_from_a_configuration_field():
     assert found["--ants-affine-iterations"].methods == ("antsaffine", "bspline", "demons", "antssyn")
     assert found["--demons-field-sigma"].type is float and not found["--demons-field-sigma"].many
     assert found["--demons-iterations"].default == (50, 30, 15) and found["--demons-iterations"].many
-    assert found["--model"].methods == ("cnn",) and found["--voxelmorph-model"].methods == ("voxelmorph",)
-    assert reported_names() == ("original", "cnnaffine", "cnn", "antsaffine", "bspline", "demons", "antssyn",
+    assert found["--model"].methods == ("cnn", "cnnio") and found["--voxelmorph-model"].methods == ("voxelmorph",)
+    assert found["--cnnio-iterations"].many and found["--cnnio-regularisation"].type is float
+    assert reported_names() == ("original", "cnnaffine", "cnn", "cnnio", "antsaffine", "bspline", "demons", "antssyn",
                                 "voxelmorph")
-    assert [m for m in reported_names() if deformable(m)] == ["cnn", "bspline", "demons", "antssyn", "voxelmorph"]
+    assert [m for m in reported_names() if deformable(m)] == ["cnn", "cnnio", "bspline", "demons", "antssyn",
+                                                              "voxelmorph"]
     with pytest.raises(ValueError, match="unknown method"):
         method_configs({}, ["elastic"])
 
