@@ -150,8 +150,9 @@ def test_a_checkpoint_that_is_not_bidsreg(capsys, dataset, out, tmp_path, kind):
 def test_no_model_anywhere_says_how_to_train_one(capsys, dataset, out, monkeypatch, tmp_path):
     from bidsreg.methods.table import TABLE
 
-    cnn = TABLE["cnn"]  # an installation without the default weights
-    monkeypatch.setitem(TABLE, "cnn", replace(cnn, network=replace(cnn.network, shipped=tmp_path / "not-shipped.pt")))
+    for name in ("cnn", "cnnio"):  # an installation without the default weights
+        method = TABLE[name]
+        monkeypatch.setitem(TABLE, name, replace(method, network=replace(method.network, shipped=tmp_path / "none.pt")))
     code, line = _run(capsys, dataset, out, "--fixed", "sub-01")
     assert code == exit_codes.INPUT_MISSING and "train" in line and "--model" in line and _unchanged(out)
 
@@ -207,4 +208,4 @@ def test_method_parameters_that_make_no_configuration(capsys, dataset, out, opti
 
 def test_train_needs_a_network_method(capsys, dataset, out):
     code, line = _run(capsys, dataset, out, "--methods", "antssyn", level="train")
-    assert code == exit_codes.BAD_INPUT and "cnn and/or voxelmorph" in line and _unchanged(out)
+    assert code == exit_codes.BAD_INPUT and "cnn and/or cnnio and/or voxelmorph" in line and _unchanged(out)

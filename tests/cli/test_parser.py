@@ -29,10 +29,10 @@ def test_defaults_and_labels(dirs, tmp_path):
     assert isinstance(config, Config) and config.analysis_level == "participant"
     assert config.bids_dir == tmp_path / "bids" and config.output_dir.is_absolute()
     assert config.participant_label == ("01", "02") and config.session_label == ("a",)
-    assert config.methods == ("cnn",) and config.plugin == "MultiProc" and config.nprocs == 1
+    assert config.methods == ("cnnio",) and config.plugin == "MultiProc" and config.nprocs == 1
     assert config.plugin_args == {} and config.device == "auto" and not config.skip_bids_validation
     assert config.work == config.output_dir / "work" and config.context.threads == 1
-    assert config.method_configs["cnn"].model is None
+    assert config.method_configs["cnnio"].model is None
 
 
 def test_method_options_make_each_method_configuration(dirs, tmp_path):
