@@ -17,6 +17,7 @@ from bidsreg.methods.cnn import register_pair
 from bidsreg.methods.training import train_model
 from bidsreg.metrics import jacobian_stats, overlap_table, summarise, world_jacobian_determinant
 from bidsreg.nn.grid import prepare_image, translation
+from bidsreg.nn.instance import VelocityOptimisation
 from bidsreg.nn.train import TrainConfig
 from bidsreg.transform import Transform
 
@@ -73,10 +74,13 @@ def label_dice(moving_labels: Volume, fixed_labels: Volume, transform: Transform
     return dice(transform.apply(moving_labels, fixed_labels.grid, nearest=True), fixed_labels)
 
 
-def cnn_pair(model, fixed_path, moving_path, fixed, fixed_labels, moving_labels, steps=(0, 0)) -> dict:
-    """Dice of original / com / global / registered (+ folding, SDlogJ, seconds) of one CNN pair."""
+def cnn_pair(model, fixed_path, moving_path, fixed, fixed_labels, moving_labels, global_steps: int = 0,
+             local_instance: VelocityOptimisation | None = None) -> dict:
+    """Dice of original / com / global / registered (+ folding, SDlogJ, seconds) of one CNN pair
+    (with ``global_steps`` and ``local_instance``: the instance optimisations of ``register_pair``)."""
     tick = time.perf_counter()
-    result = register_pair(fixed_path, moving_path, model, global_instance_steps=steps[0], local_instance_steps=steps[1])
+    result = register_pair(fixed_path, moving_path, model, global_instance_steps=global_steps,
+                           local_instance=local_instance)
     seconds = time.perf_counter() - tick
     transform = result.transform
     com = translation(prepare_image(load_volume(moving_path), model.preprocess).centre

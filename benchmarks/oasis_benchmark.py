@@ -6,7 +6,7 @@ DKT31aseg labels (on the fixed image's 1 mm grid) for original / com / global / 
 with % folding, SDlogJ and seconds per pair, next to antspyx Affine and SyN on the same pairs.
 
     python benchmarks/oasis_benchmark.py [--data DIR] [--device auto] [--skip-ants]
-        [--global-instance-steps N] [--local-instance-steps N]
+        [--global-instance-steps N] [--cnnio]
 
 Figures are printed and written to benchmarks/results/oasis_<tag>.{json,md}.
 """
@@ -41,6 +41,7 @@ from common import (  # noqa: E402
 )
 
 from bidsreg.image import load_volume  # noqa: E402
+from bidsreg.nn.instance import VelocityOptimisation  # noqa: E402
 from bidsreg.nn.model import RegistrationModel  # noqa: E402
 from bidsreg.nn.train import TrainConfig  # noqa: E402
 
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", type=Path, help="evaluate this finished checkpoint instead of training one")
     parser.add_argument("--skip-ants", action="store_true", help="CNN only (no antspyx baselines)")
     parser.add_argument("--global-instance-steps", type=int, default=0, help="instance optimisation of the affine")
-    parser.add_argument("--local-instance-steps", type=int, default=0, help="instance optimisation of the field")
+    parser.add_argument("--cnnio", action="store_true", help="the local stage optimised for each pair, as cnnio does")
     parser.add_argument("--tag", default=None, help="name of the result files (default: from the steps)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
@@ -73,8 +74,8 @@ def main(argv=None) -> int:
     checkpoint = args.model or trained_checkpoint(data, config, args.device)
     print(f"checkpoint {checkpoint} ready in {time.perf_counter() - tick:.0f} s")
     model = RegistrationModel.from_checkpoint(checkpoint, args.device)
-    steps = (args.global_instance_steps, args.local_instance_steps)
-    variant = (f"g{steps[0]}_" if steps[0] else "") + f"i{steps[1]}"
+    local_instance = VelocityOptimisation() if args.cnnio else None
+    variant = (f"g{args.global_instance_steps}_" if args.global_instance_steps else "") + ("io" if args.cnnio else "i0")
     tag = args.tag or f"a{args.affine_steps}_d{args.deformable_steps}_{variant}"
     results = REPO / "benchmarks" / "results" / f"oasis_{tag}"
     pairs, cache = {}, cache_dir() / "oasis-results"
@@ -87,7 +88,8 @@ def main(argv=None) -> int:
         moving_labels = load_volume(labels(data, moving_id), labels=True)
         name = f"{moving_id}to{fixed_id}"
         pair = _cached(cache / f"{checkpoint.stem}_{code}_{variant}_{name}.json", lambda: cnn_pair(
-            model, t1w(data, fixed_id), t1w(data, moving_id), fixed, fixed_labels, moving_labels, steps
+            model, t1w(data, fixed_id), t1w(data, moving_id), fixed, fixed_labels, moving_labels,
+            args.global_instance_steps, local_instance
         ))
         if not args.skip_ants:
             for row, kind in (("antsaffine", "Affine"), ("antssyn", "SyN")):
