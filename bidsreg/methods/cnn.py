@@ -60,7 +60,8 @@ class CNNConfig:
 
 @dataclass(frozen=True)
 class CNNIOConfig:
-    """Parameters of ``cnnio``: the two-stage network, then instance optimisation of both stages.
+    """Parameters of ``cnnio``: the two-stage network, then instance optimisation of its field
+    (and, with ``affine_steps``, of its affine first).
 
     Attributes
     ----------
@@ -126,8 +127,9 @@ def register_local(fixed: str | os.PathLike, moving: str | os.PathLike, config: 
 
 def register_optimised(fixed: str | os.PathLike, moving: str | os.PathLike, config: CNNIOConfig,
                        context: Context = Context()) -> RegistrationResult:
-    """``cnnio``: both stages of the network, each refined for this pair by instance optimisation
-    (:func:`register_pair` with ``global_instance_steps`` and ``local_instance``)."""
+    """``cnnio``: both stages of the network, then instance optimisation for this pair (of the
+    affine with ``config.affine_steps``, then of the field: :func:`register_pair` with
+    ``global_instance_steps`` and ``local_instance``)."""
     with loaded_model(config.model, context) as model:
         result = register_pair(fixed, moving, model, inverse=True, global_instance_steps=config.affine_steps,
                                local_instance=config.optimisation())

@@ -167,14 +167,14 @@ TABLE: dict[str, Method] = {method.name: method for method in (
            cnn.CNNConfig, True, 2.5, start=Stage("cnnaffine", cnn.register_global),
            network=Network("bidsreg_model", global_stage=True, shipped=DEFAULT_MODEL), context=_NETWORK_CONTEXT,
            text=_CNN_TEXT),
-    Method("cnnio", "the two-stage CNN, then instance optimisation of both stages for each pair (accurate mode)",
+    Method("cnnio", "the two-stage CNN, then instance optimisation of its field for each pair (accurate mode)",
            cnn.register_optimised, cnn.CNNIOConfig, True, 2.5,
            network=Network("bidsreg_model", global_stage=True, shipped=DEFAULT_MODEL), context=_NETWORK_CONTEXT,
-           text="The cnnio method starts from the same network (model {model}) and refines both of its stages for "
-                "each pair: Adam on the 12 affine parameters, then on a stationary velocity field (integrated by "
-                "scaling and squaring, so the map is diffeomorphic and its inverse exact), coarse to fine, on the "
-                "local NCC with a diffusion regulariser and the parameters smoothed by 3×3×3 averaging "
-                "({parameters})."),
+           text="The cnnio method starts from the same network (model {model}) and refines its result for each "
+                "pair by instance optimisation: Adam on a stationary velocity field (integrated by scaling and "
+                "squaring, so the map is diffeomorphic and its inverse exact), coarse to fine, on the local NCC with "
+                "a diffusion regulariser and the parameters smoothed by 3×3×3 averaging, after affine_steps Adam "
+                "steps on the 12 affine parameters ({parameters})."),
     Method("antsaffine", "antspyx Affine", ants.register_affine, ants.AffineConfig, False, 1.8, text=_ANTS_TEXT),
     Method("bspline", "antspyx Affine, then an elastix B-spline free-form deformation", bspline.register,
            bspline.BSplineConfig, True, 2.0, check=bspline.find_elastix,
