@@ -87,8 +87,8 @@ class VelocityOptimisation:
 
 @dataclass(frozen=True)
 class LevelTrace:
-    """What one level did: its factor, the loss before its first and after its last iteration,
-    and its seconds."""
+    """What one level did: its factor, the loss at its first and at its last iteration (each
+    evaluated before that iteration's update: no extra pass), and its seconds."""
 
     factor: int
     first_loss: float
@@ -144,18 +144,17 @@ def optimise_velocity(
         params = (_pool(velocity, factor) / factor).clone().requires_grad_(True)
         loss_of = _LevelLoss(config, factor)
         optimiser = torch.optim.Adam([params], lr=config.lr)
+        losses = []
         with torch.enable_grad():
-            for step in range(iterations):
+            for _ in range(iterations):
                 optimiser.zero_grad()
                 loss = loss_of(level_fixed, level_moving, params)
                 loss.backward()
                 optimiser.step()
-                if step == 0:
-                    first = float(loss.detach())
+                losses.append(float(loss.detach()))
         with torch.no_grad():
-            last = float(loss_of(level_fixed, level_moving, params))
             velocity = _unpool(_smooth(params.detach(), config.smoothing), shape) * factor
-        trace.append(LevelTrace(factor, first, last, time.perf_counter() - tick))
+        trace.append(LevelTrace(factor, losses[0], losses[-1], time.perf_counter() - tick))
     if not trace:  # no level ran: the start, smoothed as a level's result would be
         velocity = _smooth(velocity, config.smoothing)
     return velocity, tuple(trace)
