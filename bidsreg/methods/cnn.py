@@ -27,7 +27,7 @@ from ..nn.grid import NetworkGrid, PreparedImage, prepare_image, translation
 from ..nn.instance import VelocityOptimisation, integrate_velocity, optimise_velocity
 from ..nn.model import RegistrationModel
 from ..transform import Transform
-from .base import Context, RegistrationResult, option, using_threads
+from .base import Context, RegistrationResult, config_parameters, option, using_threads
 
 __all__ = ["CNNConfig", "CNNIOConfig", "align_pair", "loaded_model", "model_parameters", "register_global",
            "register_local", "register_optimised", "register_pair"]
@@ -133,8 +133,8 @@ def register_optimised(fixed: str | os.PathLike, moving: str | os.PathLike, conf
     with loaded_model(config.model, context) as model:
         result = register_pair(fixed, moving, model, inverse=True, global_instance_steps=config.affine_steps,
                                local_instance=config.optimisation())
-    parameters = {**model_parameters(config.model, context), "affine_steps": config.affine_steps,
-                  "iterations": list(config.iterations), "regularisation": config.regularisation}
+    settings = {key: value for key, value in config_parameters(config).items() if key != "model"}
+    parameters = {**model_parameters(config.model, context), **settings, **config_parameters(config.optimisation())}
     return RegistrationResult(result.transform, result.seconds, parameters, result.steps)
 
 
