@@ -20,7 +20,7 @@ from typing import NoReturn, Sequence
 from .. import __version__
 from .. import exit_codes
 from ..config import Config
-from ..methods.table import TABLE, method_configs, method_names, options
+from ..methods.table import TABLE, all_methods, method_configs, method_names, options
 from ..nn.train import TrainConfig
 
 __all__ = ["ANALYSIS_LEVELS", "build_parser", "parse_args"]
@@ -55,7 +55,7 @@ def _entity_label(prefix: str, what: str):
 def _methods(value: str) -> list[str]:
     names = [name.strip().lower() for name in value.split(",") if name.strip()]
     if names == ["all"]:
-        return list(method_names())
+        return list(all_methods())
     unknown = sorted(set(names) - set(method_names()))
     if unknown or not names:
         raise argparse.ArgumentTypeError(
@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--labels-desc", metavar="DESC", help="desc entity of those label maps")
     reg.add_argument("--masks", type=Path, metavar="DERIV_DIR", help="brain masks for T1w images that are not skull-stripped")
     reg.add_argument("--methods", type=_methods, default=["cnnio"], metavar="LIST",
-                     help="comma-separated, or all (default: cnnio): " + "; ".join(f"{m.name} ({m.summary})" for m in TABLE.values())
+                     help="comma-separated, or all (every one but "
+                          + ", ".join(m.name for m in TABLE.values() if not m.in_all) + "; default: cnnio): " + "; ".join(f"{m.name} ({m.summary})" for m in TABLE.values())
                           + ". At the train level: the networks to train, "
                           + " and/or ".join(m.name for m in TABLE.values() if m.network))
     reg.add_argument("--recipe", type=Path, metavar="PATH", help="TOML file of option values (see workflows/)")

@@ -1,11 +1,17 @@
-"""The ANTs baselines, run through antspyx: ``antsaffine`` and ``antssyn``.
+"""The ANTs baselines, run through antspyx: ``antsaffine``, ``antssyn``, ``antssynquick`` and ``antssynfull``.
 
 ``antsaffine`` is antspyx ``type_of_transform="Affine"`` and ``antssyn`` is ``"SyN"`` (an
 affine then symmetric normalisation), both with antspyx's defaults unless iterations are given
-(CONVENTIONS.md: the SyN reference). ANTs writes its affine as ``*GenericAffine.mat`` and SyN's
-fields (forward and inverse) on the fixed image's grid; they are read back with
-:mod:`bidsreg.itk` into a :class:`~bidsreg.transform.Transform`, so that every method of the app
-writes the same composite transform files.
+(CONVENTIONS.md: the SyN reference). ``antssynquick`` and ``antssynfull`` are antspyx's
+recreations of the ANTs scripts ``antsRegistrationSyNQuick.sh`` and ``antsRegistrationSyN.sh``
+(``"antsRegistrationSyNQuick[s]"`` and ``"antsRegistrationSyN[s]"``: rigid, affine, then SyN,
+shrink factors 8, 4, 2, 1; the quick one with mutual information and no full-resolution SyN
+level, the full one with CC of radius 2 at every level, the field's reference setting that takes
+about 40 minutes a 1 mm pair on 2 cores). They take no options: their settings are the method.
+ANTs writes its affine as ``*GenericAffine.mat`` and SyN's fields (forward and inverse) on the
+fixed image's grid; they are read back with :mod:`bidsreg.itk` into a
+:class:`~bidsreg.transform.Transform`, so that every method of the app writes the same composite
+transform files.
 """
 from __future__ import annotations
 
@@ -19,7 +25,8 @@ from ..itk import read_affine, read_displacement
 from ..transform import Transform
 from .base import Context, RegistrationResult, option
 
-__all__ = ["AffineConfig", "SyNConfig", "affine_iterations_option", "register_affine", "register_syn"]
+__all__ = ["AffineConfig", "SyNConfig", "ScriptConfig", "affine_iterations_option", "register_affine", "register_syn",
+           "register_syn_full", "register_syn_quick"]
 
 
 def affine_iterations_option() -> Any:
@@ -61,6 +68,11 @@ class SyNConfig:
         "--ants-syn-iterations", "iterations per level of SyN, coarse to fine (default: antspyx's 40 20 0)")
 
 
+@dataclass(frozen=True)
+class ScriptConfig:
+    """Parameters of ``antssynquick`` and ``antssynfull``: none, the ANTs script's settings are the method."""
+
+
 def register_affine(fixed: str | os.PathLike, moving: str | os.PathLike, config: AffineConfig = AffineConfig(),
                     context: Context = Context()) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with antspyx ``Affine`` (3D NIfTI files)."""
@@ -71,6 +83,18 @@ def register_syn(fixed: str | os.PathLike, moving: str | os.PathLike, config: Sy
                  context: Context = Context()) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with antspyx ``SyN`` (3D NIfTI files)."""
     return _register(fixed, moving, "SyN", config.affine_iterations, config.syn_iterations, context)
+
+
+def register_syn_quick(fixed: str | os.PathLike, moving: str | os.PathLike, config: ScriptConfig = ScriptConfig(),
+                       context: Context = Context()) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` with antspyx ``antsRegistrationSyNQuick[s]`` (3D NIfTI files)."""
+    return _register(fixed, moving, "antsRegistrationSyNQuick[s]", None, None, context)
+
+
+def register_syn_full(fixed: str | os.PathLike, moving: str | os.PathLike, config: ScriptConfig = ScriptConfig(),
+                      context: Context = Context()) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` with antspyx ``antsRegistrationSyN[s]`` (3D NIfTI files)."""
+    return _register(fixed, moving, "antsRegistrationSyN[s]", None, None, context)
 
 
 def _register(

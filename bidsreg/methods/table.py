@@ -25,8 +25,8 @@ from ..data import DEFAULT_MODEL
 from . import ants, bspline, cnn, demons, voxelmorph
 from .base import build_config
 
-__all__ = ["TABLE", "Method", "Network", "Option", "Stage", "deformable", "method_configs", "method_names", "options",
-           "reported_names"]
+__all__ = ["TABLE", "Method", "Network", "Option", "Stage", "all_methods", "deformable", "method_configs", "method_names",
+           "options", "reported_names"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,9 @@ class Method:
     text : str
         Its sentence in the report's methods paragraph; ``{name}``, ``{version}``,
         ``{parameters}``, ``{kind}`` and ``{model}`` are filled from its sidecars.
+    in_all : bool
+        ``--methods all`` runs it (False for a method that takes far longer than the others:
+        it runs only when named).
     """
 
     name: str
@@ -114,6 +117,7 @@ class Method:
     check: Callable[[], Any] | None = None
     context: tuple[str, ...] = ("seed", "threads")
     text: str = ""
+    in_all: bool = True
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -160,16 +164,20 @@ _CNN_TEXT = (
 #: What a network's registration reads of the run's context (its inference draws nothing at random).
 _NETWORK_CONTEXT = ("threads", "device")
 _ANTS_TEXT = "The {name} baseline is antspyx {version} registration with type_of_transform='{kind}' ({parameters})."
+_ANTS_SCRIPT_TEXT = ("The {name} baseline is antspyx {version} registration with type_of_transform='{kind}', its "
+                     "recreation of the ANTs script of that name: rigid, affine, then SyN, coarse to fine "
+                     "({parameters}).")
+#: The two-stage network of cnn and cnnio (one checkpoint, trained once for both).
+_TWO_STAGE = Network("bidsreg_model", global_stage=True, shipped=DEFAULT_MODEL)
 
 #: The methods, in the order of the original comparison.
 TABLE: dict[str, Method] = {method.name: method for method in (
     Method("cnn", "the two-stage CNN (global affine network, then U-Net displacement field)", cnn.register_local,
-           cnn.CNNConfig, True, 2.5, start=Stage("cnnaffine", cnn.register_global),
-           network=Network("bidsreg_model", global_stage=True, shipped=DEFAULT_MODEL), context=_NETWORK_CONTEXT,
+           cnn.CNNConfig, True, 2.5, start=Stage("cnnaffine", cnn.register_global), network=_TWO_STAGE,
+           context=_NETWORK_CONTEXT,
            text=_CNN_TEXT),
     Method("cnnio", "the two-stage CNN, then instance optimisation of its field for each pair (accurate mode)",
-           cnn.register_optimised, cnn.CNNIOConfig, True, 2.5,
-           network=Network("bidsreg_model", global_stage=True, shipped=DEFAULT_MODEL), context=_NETWORK_CONTEXT,
+           cnn.register_optimised, cnn.CNNIOConfig, True, 2.5, network=_TWO_STAGE, context=_NETWORK_CONTEXT,
            text="The cnnio method starts from the same network (model {model}) and refines its result for each "
                 "pair by instance optimisation: Adam on a stationary velocity field (integrated by scaling and "
                 "squaring, so the map is diffeomorphic and its inverse exact), coarse to fine, on the local NCC with "
@@ -188,6 +196,11 @@ TABLE: dict[str, Method] = {method.name: method for method in (
                 "with Gaussian smoothing of the field ({parameters})."),
     Method("antssyn", "antspyx SyN (affine, then symmetric normalisation)", ants.register_syn, ants.SyNConfig, True, 2.5,
            text=_ANTS_TEXT),
+    Method("antssynquick", "antspyx antsRegistrationSyNQuick[s] (the ANTs quick script: rigid, affine, SyN on MI)",
+           ants.register_syn_quick, ants.ScriptConfig, True, 2.5, text=_ANTS_SCRIPT_TEXT),
+    Method("antssynfull", "antspyx antsRegistrationSyN[s] (the full ANTs script, about 40 min a 1 mm pair on 2 "
+           "cores; not in 'all')", ants.register_syn_full, ants.ScriptConfig, True, 4.0, text=_ANTS_SCRIPT_TEXT,
+           in_all=False),
     Method("voxelmorph", "one-stage VoxelMorph: the U-Net alone, trained on pairs not aligned by an affine network",
            voxelmorph.register, voxelmorph.VoxelMorphConfig, True, 2.5,
            network=Network("bidsreg_voxelmorph", global_stage=False), context=_NETWORK_CONTEXT,
@@ -199,6 +212,11 @@ TABLE: dict[str, Method] = {method.name: method for method in (
 def method_names() -> tuple[str, ...]:
     """The ``--methods`` names, in the table's order."""
     return tuple(TABLE)
+
+
+def all_methods() -> tuple[str, ...]:
+    """The methods that ``--methods all`` runs, in the table's order."""
+    return tuple(name for name, method in TABLE.items() if method.in_all)
 
 
 def reported_names() -> tuple[str, ...]:

@@ -32,7 +32,11 @@ DERIVATIVES = (
     "sub-02_from-T1w_to-sub01_desc-antsaffine_mode-image_xfm.h5",
     "sub-02_from-T1w_to-sub01_desc-antsaffine_mode-image_xfm.json",
     "sub-02_from-T1w_to-sub01_desc-antssyn_mode-image_xfm.h5",
+    "sub-02_from-T1w_to-sub01_desc-antssynquick_mode-image_xfm.h5",
+    "sub-02_from-T1w_to-sub01_desc-antssynfull_mode-image_xfm.h5",
     "sub-02_from-T1w_to-sub01_desc-antssyn_mode-image_xfm.json",
+    "sub-02_from-T1w_to-sub01_desc-antssynquick_mode-image_xfm.json",
+    "sub-02_from-T1w_to-sub01_desc-antssynfull_mode-image_xfm.json",
     "sub-02_from-T1w_to-sub01_desc-bspline_mode-image_xfm.h5",
     "sub-02_from-T1w_to-sub01_desc-bspline_mode-image_xfm.json",
     "sub-02_from-T1w_to-sub01_desc-cnn_mode-image_xfm.h5",
@@ -48,7 +52,11 @@ DERIVATIVES = (
     "sub-02_from-sub01_to-T1w_desc-antsaffine_mode-image_xfm.h5",
     "sub-02_from-sub01_to-T1w_desc-antsaffine_mode-image_xfm.json",
     "sub-02_from-sub01_to-T1w_desc-antssyn_mode-image_xfm.h5",
+    "sub-02_from-sub01_to-T1w_desc-antssynquick_mode-image_xfm.h5",
+    "sub-02_from-sub01_to-T1w_desc-antssynfull_mode-image_xfm.h5",
     "sub-02_from-sub01_to-T1w_desc-antssyn_mode-image_xfm.json",
+    "sub-02_from-sub01_to-T1w_desc-antssynquick_mode-image_xfm.json",
+    "sub-02_from-sub01_to-T1w_desc-antssynfull_mode-image_xfm.json",
     "sub-02_from-sub01_to-T1w_desc-bspline_mode-image_xfm.h5",
     "sub-02_from-sub01_to-T1w_desc-bspline_mode-image_xfm.json",
     "sub-02_from-sub01_to-T1w_desc-cnn_mode-image_xfm.h5",
@@ -64,7 +72,11 @@ DERIVATIVES = (
     "sub-02_seg-phantom_desc-antsaffine_overlap.json",
     "sub-02_seg-phantom_desc-antsaffine_overlap.tsv",
     "sub-02_seg-phantom_desc-antssyn_overlap.json",
+    "sub-02_seg-phantom_desc-antssynquick_overlap.json",
+    "sub-02_seg-phantom_desc-antssynfull_overlap.json",
     "sub-02_seg-phantom_desc-antssyn_overlap.tsv",
+    "sub-02_seg-phantom_desc-antssynquick_overlap.tsv",
+    "sub-02_seg-phantom_desc-antssynfull_overlap.tsv",
     "sub-02_seg-phantom_desc-bspline_overlap.json",
     "sub-02_seg-phantom_desc-bspline_overlap.tsv",
     "sub-02_seg-phantom_desc-cnn_overlap.json",
@@ -82,9 +94,17 @@ DERIVATIVES = (
     "sub-02_space-sub01_desc-antsaffine_T1w.json",
     "sub-02_space-sub01_desc-antsaffine_T1w.nii.gz",
     "sub-02_space-sub01_desc-antssyn_T1w.json",
+    "sub-02_space-sub01_desc-antssynquick_T1w.json",
+    "sub-02_space-sub01_desc-antssynfull_T1w.json",
     "sub-02_space-sub01_desc-antssyn_T1w.nii.gz",
+    "sub-02_space-sub01_desc-antssynquick_T1w.nii.gz",
+    "sub-02_space-sub01_desc-antssynfull_T1w.nii.gz",
     "sub-02_space-sub01_desc-antssyn_jacobian.json",
+    "sub-02_space-sub01_desc-antssynquick_jacobian.json",
+    "sub-02_space-sub01_desc-antssynfull_jacobian.json",
     "sub-02_space-sub01_desc-antssyn_jacobian.nii.gz",
+    "sub-02_space-sub01_desc-antssynquick_jacobian.nii.gz",
+    "sub-02_space-sub01_desc-antssynfull_jacobian.nii.gz",
     "sub-02_space-sub01_desc-bspline_T1w.json",
     "sub-02_space-sub01_desc-bspline_T1w.nii.gz",
     "sub-02_space-sub01_desc-bspline_jacobian.json",
@@ -110,7 +130,11 @@ DERIVATIVES = (
     "sub-02_space-sub01_seg-phantom_desc-antsaffine_dseg.json",
     "sub-02_space-sub01_seg-phantom_desc-antsaffine_dseg.nii.gz",
     "sub-02_space-sub01_seg-phantom_desc-antssyn_dseg.json",
+    "sub-02_space-sub01_seg-phantom_desc-antssynquick_dseg.json",
+    "sub-02_space-sub01_seg-phantom_desc-antssynfull_dseg.json",
     "sub-02_space-sub01_seg-phantom_desc-antssyn_dseg.nii.gz",
+    "sub-02_space-sub01_seg-phantom_desc-antssynquick_dseg.nii.gz",
+    "sub-02_space-sub01_seg-phantom_desc-antssynfull_dseg.nii.gz",
     "sub-02_space-sub01_seg-phantom_desc-bspline_dseg.json",
     "sub-02_space-sub01_seg-phantom_desc-bspline_dseg.nii.gz",
     "sub-02_space-sub01_seg-phantom_desc-cnn_dseg.json",
@@ -301,6 +325,16 @@ def test_train_again_keeps_the_finished_model_and_refuses_another_setup(app, cap
     assert checkpoint.read_bytes() == before and "already holds this finished training" in capsys.readouterr().err
     assert main([*common, "--affine-steps", "5"]) == exit_codes.BAD_INPUT
     assert "another configuration" in capsys.readouterr().err and checkpoint.read_bytes() == before
+
+
+def test_cnn_and_cnnio_share_one_training(bids_dataset, tmp_path, capsys):
+    """Both methods run the two-stage checkpoint: training both trains it once."""
+    out = tmp_path / "out"
+    assert main([str(bids_dataset), str(out), "train", "--skip-bids-validation", "--methods", "cnn,cnnio",
+                 "--affine-steps", "2", "--deformable-steps", "2"]) == 0
+    started = [line for line in capsys.readouterr().err.splitlines() if " on 3 T1w image(s) " in line]
+    assert len(started) == 1 and " training cnn on " in started[0], started
+    assert sorted(p.name for p in (out / "models").glob("*.pt")) == ["bidsreg_model.pt"]
 
 
 def test_a_template_file_as_the_fixed_image(app, tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from bidsreg.image import load_volume
-from bidsreg.methods.ants import AffineConfig, SyNConfig, register_affine, register_syn
+from bidsreg.methods.ants import AffineConfig, SyNConfig, register_affine, register_syn, register_syn_quick
 from bidsreg.methods.base import Context
 from bidsreg.transform import Transform
 
@@ -35,3 +35,21 @@ def test_transforms_warp_like_ants_apply_transforms(phantom_files, method, tmp_p
     # and it registers: closer to the fixed image than the moving image was
     before = np.corrcoef(Transform(np.eye(4)).apply(moving_vol, fixed_vol.grid)[inside], fixed_vol.data[inside])[0, 1]
     assert np.corrcoef(ours[inside], fixed_vol.data[inside])[0, 1] > before
+
+
+def test_the_quick_script_registers_with_the_scripts_settings(phantom_files):
+    """antssynquick runs antspyx's antsRegistrationSyNQuick[s] (rigid, affine, SyN) and its result
+    warps the moving image closer to the fixed one than antspyx Affine alone; its inverse field
+    undoes the forward one (antssynfull runs the same code with the full script, in the app tests)."""
+    fixed, moving = phantom_files["fixed"], phantom_files["deformed"]
+    result = register_syn_quick(fixed, moving, context=Context(seed=1, threads=2))
+    assert result.parameters["type_of_transform"] == "antsRegistrationSyNQuick[s]" and result.transform.deformable
+    fixed_vol, moving_vol = load_volume(fixed), load_volume(moving)
+    inside = fixed_vol.data > 0.1 * fixed_vol.data.max()
+    affine = register_affine(fixed, moving, AffineConfig((100, 50, 0)), Context(seed=1)).transform
+    scores = [np.corrcoef(t.apply(moving_vol, fixed_vol.grid)[inside], fixed_vol.data[inside])[0, 1]
+              for t in (affine, result.transform)]
+    assert scores[1] > scores[0] > 0.9
+    points = np.argwhere(inside)[::50] @ fixed_vol.affine[:3, :3].T + fixed_vol.affine[:3, 3]
+    back = result.transform.map_points_inverse(result.transform.map_points(points))
+    assert np.percentile(np.linalg.norm(back - points, axis=1), 95) < 0.5  # mm, 3 mm voxels

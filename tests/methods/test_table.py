@@ -26,9 +26,9 @@ def test_every_option_comes_from_a_configuration_field():
     assert found["--model"].methods == ("cnn", "cnnio") and found["--voxelmorph-model"].methods == ("voxelmorph",)
     assert found["--cnnio-iterations"].many and found["--cnnio-regularisation"].type is float
     assert reported_names() == ("original", "cnnaffine", "cnn", "cnnio", "antsaffine", "bspline", "demons", "antssyn",
-                                "voxelmorph")
+                                "antssynquick", "antssynfull", "voxelmorph")
     assert [m for m in reported_names() if deformable(m)] == ["cnn", "cnnio", "bspline", "demons", "antssyn",
-                                                              "voxelmorph"]
+                                                              "antssynquick", "antssynfull", "voxelmorph"]
     with pytest.raises(ValueError, match="unknown method"):
         method_configs({}, ["elastic"])
 
