@@ -215,6 +215,10 @@ def run_participant(config: Config) -> int:
     plugin_args = {"status_callback": _Progress(names), **config.plugin_args}
     if config.plugin == "MultiProc":
         plugin_args.setdefault("n_procs", config.nprocs)
+        # Workers forked from a process whose torch (OpenMP) thread pool exists freeze in their
+        # first multi-threaded torch call (a notebook that registered a pair, a library user):
+        # they start from a clean server process instead.
+        plugin_args.setdefault("mp_context", "forkserver")
         if config.mem_gb:
             plugin_args.setdefault("memory_gb", config.mem_gb)
     jobs = ""
