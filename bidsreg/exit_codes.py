@@ -11,3 +11,11 @@ BAD_INPUT = 65
 INPUT_MISSING = 66
 CANNOT_CREATE_OUTPUT = 73
 IO_ERROR = 74
+
+#: What each code means, as ``bidsreg --help`` lists them.
+MEANINGS = {
+    OK: "done", FAILURE: "a step failed (crash reports in the work folder; rerun to resume)",
+    VALIDATION_FAILED: "BIDS validation failed", UNKNOWN_LEVEL: "unknown analysis level",
+    NO_FILES: "the selection (labels, filters) matched no files", USAGE: "usage error", BAD_INPUT: "bad input data",
+    INPUT_MISSING: "an input is missing", CANNOT_CREATE_OUTPUT: "cannot create the output", IO_ERROR: "I/O error",
+}

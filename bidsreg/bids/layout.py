@@ -14,7 +14,8 @@ from bids import BIDSLayout
 
 from ..errors import BIDSValidationError, InputError, MissingInputError, NoFilesSelectedError
 
-__all__ = ["FixedImage", "T1wInput", "collect_t1w", "find_lut", "fixed_image", "load_layout", "read_filters", "select_subjects"]
+__all__ = ["FixedImage", "T1wInput", "collect_t1w", "find_lut", "fixed_image", "label_descriptions", "load_layout",
+           "read_filters", "select_subjects"]
 
 NIFTI = [".nii", ".nii.gz"]
 #: Entities that tie a label map or a mask to its T1w image.
@@ -82,8 +83,10 @@ def load_layout(root: str | os.PathLike, derivative: bool = False) -> BIDSLayout
         raise InputError(f"{root}: pybids cannot read this {kind} ({failure}); fix its dataset_description.json") from None
 
 
-def read_filters(path: str | os.PathLike | None) -> dict:
-    """The ``t1w`` query of a PyBIDS filter file (fMRIPrep's format), or ``{}`` without one."""
+def read_filters(path: str | os.PathLike | None, layout: BIDSLayout | None = None) -> dict:
+    """The ``t1w`` query of a PyBIDS filter file (fMRIPrep's format), or ``{}`` without one;
+    with ``layout``, every entity of it must be one pybids knows there (a misspelt one is bad
+    input, not a traceback)."""
     if path is None:
         return {}
     path = Path(path)
@@ -95,7 +98,14 @@ def read_filters(path: str | os.PathLike | None) -> dict:
         raise InputError(f"{path}: not valid JSON ({failure}); fix the filter file") from None
     if not isinstance(filters, dict) or not isinstance(filters.get("t1w", {}), dict):
         raise InputError(f'{path}: expected {{"t1w": {{entity: value, ...}}}}; fix the filter file')
-    return dict(filters.get("t1w", {}))
+    query = dict(filters.get("t1w", {}))
+    if layout is not None:
+        try:
+            layout.get(return_type="id", target="subject", **query)
+        except ValueError as failure:  # pybids: "'acqusition' is not a recognized entity. Did you mean [...]? ..."
+            reason = str(failure).split(" If you're sure")[0]
+            raise InputError(f"{path}: {reason} Fix the filter file") from None
+    return query
 
 
 def select_subjects(layout: BIDSLayout, labels: list[str] | None) -> list[str]:
@@ -161,9 +171,13 @@ def collect_t1w(
     files = layout.get(subject=subject, **query)
     if not files:
         where = f" in session(s) {', '.join(sessions)}" if sessions else ""
-        extra = f" matching the filters {filters}" if filters else ""
+        if filters:
+            raise NoFilesSelectedError(
+                f"{layout.root}/sub-{subject}: no T1w image{where} matches the filters {filters}; change the filter "
+                "file (--bids-filter-file) or leave the subject out (--participant-label)"
+            )
         raise MissingInputError(
-            f"{layout.root}/sub-{subject}: no T1w image{where}{extra}; add "
+            f"{layout.root}/sub-{subject}: no T1w image{where}; add "
             f"sub-{subject}/anat/sub-{subject}_T1w.nii.gz or leave the subject out (--participant-label)"
         )
     out = []
@@ -180,6 +194,13 @@ def collect_t1w(
             )
         )
     return out
+
+
+def label_descriptions(labels: BIDSLayout | None) -> list[str]:
+    """The ``desc`` values of the ``_dseg`` label maps in ``labels`` (for a message), sorted."""
+    if labels is None:
+        return []
+    return sorted(labels.get(return_type="id", target="desc", suffix="dseg", extension=NIFTI))
 
 
 def find_lut(labels: BIDSLayout | None, labels_desc: str | None) -> Path | None:
@@ -226,9 +247,11 @@ def fixed_image(
     if need_labels and label_map is None:
         where = f"in {labels.root}" if labels is not None else "(no --labels or --fixed-labels given)"
         desc = f" with desc-{labels_desc}" if labels_desc else ""
+        existing = label_descriptions(labels)
+        there = f" (the label maps there have --labels-desc {', '.join(existing)})" if existing else ""
         raise MissingInputError(
-            f"{path}: the fixed image has no label map{desc} {where}, so overlaps cannot be measured; "
-            "add its _dseg.nii.gz, choose another --fixed, or leave out --labels"
+            f"{path}: the fixed image has no label map{desc} {where}{there}, so overlaps cannot be measured; "
+            "add its _dseg.nii.gz, choose another --fixed or --labels-desc, or leave out --labels"
         )
     try:
         space = space_label(fixed)

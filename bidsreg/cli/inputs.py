@@ -44,11 +44,12 @@ def layouts(config: Config) -> Layouts:
         if report.warnings:
             LOGGER.warning("BIDS validator: %d warning(s) in %s (run bids-validator-deno for details)",
                            len(report.warnings), config.bids_dir)
+    dataset = load_layout(config.bids_dir)
     return Layouts(
-        load_layout(config.bids_dir),
+        dataset,
         load_layout(config.labels, derivative=True) if config.labels else None,
         load_layout(config.masks, derivative=True) if config.masks else None,
-        read_filters(config.bids_filter_file),
+        read_filters(config.bids_filter_file, dataset),
     )
 
 
@@ -81,6 +82,9 @@ def fixed_and_subjects(config: Config, found: Layouts) -> tuple[FixedImage, list
                         labels_desc=config.labels_desc,
                         need_labels=found.labels is not None or config.fixed_labels is not None)
     check_inputs(fixed.path, fixed.labels)
+    if fixed.labels is None:
+        LOGGER.info("no --labels: the registrations are written, no label overlaps (Dice, HD95) are measured; "
+                    "give --labels DERIV_DIR --labels-desc DESC to measure them")
     if fixed.source.startswith("sub-") and fixed.source[4:] in subjects:
         LOGGER.info("%s is the fixed image; it is not registered to itself", fixed.source)
         subjects = [s for s in subjects if s != fixed.source[4:]]
@@ -98,6 +102,10 @@ def subject_inputs(config: Config, found: Layouts, subjects: list[str]) -> list[
                                 filters=found.filters, labels=found.labels, labels_desc=config.labels_desc,
                                 masks=found.masks):
             check_inputs(item.path, item.labels, item.mask)
+            if found.labels is not None and item.labels is None:
+                desc = f"desc-{config.labels_desc} " if config.labels_desc else ""
+                LOGGER.warning("%s: no %slabel map in %s; it is registered, its overlaps are not measured",
+                               item.path.name, desc, found.labels.root)
             if item.mask is None and item.skull_stripped is not True:
                 LOGGER.warning("%s: not known to be skull-stripped (SkullStripped %s) and no --masks; the networks "
                                "expect brain-extracted images", item.path.name, item.skull_stripped)

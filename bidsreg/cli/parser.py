@@ -11,6 +11,7 @@ line override it.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 import tomllib
@@ -34,10 +35,10 @@ class _Parser(argparse.ArgumentParser):
     context = ""  # prefix of error messages (the recipe being read)
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
+        """One line (no usage dump: the options are many), with the BIDS-Apps exit code."""
         unknown_level = message.startswith("argument analysis_level: invalid choice")
         code = exit_codes.UNKNOWN_LEVEL if unknown_level else exit_codes.USAGE
-        self.exit(code, f"{self.prog}: error: {self.context}{message}\n")
+        self.exit(code, f"{self.prog}: error: {self.context}{message} ({self.prog} --help lists the options)\n")
 
 
 def _entity_label(prefix: str, what: str):
@@ -58,9 +59,10 @@ def _methods(value: str) -> list[str]:
         return list(all_methods())
     unknown = sorted(set(names) - set(method_names()))
     if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(method_names())} or 'all'"
-        )
+        guesses = [difflib.get_close_matches(name, method_names(), n=1) for name in unknown]
+        hint = "".join(f"; did you mean {guess[0]}?" for guess in guesses if guess)
+        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown) or '(none given)'}{hint} "
+                                         f"(methods: {', '.join(method_names())} or 'all')")
     return list(dict.fromkeys(names))
 
 
@@ -124,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bidsreg",
         description="Two-stage unsupervised CNN registration of T1w brains, benchmarked against ANTs (a BIDS-App).",
         formatter_class=_Formatter,
+        epilog="exit codes (BIDS-Apps): " + ", ".join(f"{code} {meaning}" for code, meaning in
+                                                       exit_codes.MEANINGS.items()),
     )
     parser.add_argument("bids_dir", type=Path, help="the input BIDS dataset")
     parser.add_argument("output_dir", type=Path, help="the output folder (a BIDS derivatives dataset)")
@@ -234,8 +238,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     bids_dir = args.bids_dir
     for name in ("output_dir", "work_dir"):
         folder = values[name]
-        if folder is not None and (folder == bids_dir or bids_dir in folder.parents):
-            parser.error(f"{name.replace('_', ' ')} {folder} is the BIDS folder or inside it; choose a folder outside {bids_dir}")
+        if folder is not None and not _allowed_inside(bids_dir, folder, name == "work_dir"):
+            parser.error(f"{name.replace('_', ' ')} {folder} is the BIDS folder or inside it; choose "
+                         f"{bids_dir / 'derivatives' / 'bidsreg'} or a folder outside {bids_dir}")
+    if args.analysis_level != "group" and not bids_dir.is_dir():
+        what = "is not a folder" if bids_dir.exists() else "does not exist"
+        parser.exit(exit_codes.INPUT_MISSING, f"{parser.prog}: error: bids_dir {bids_dir} {what}; give the root "
+                                              "folder of a BIDS dataset\n")
     if args.fixed_labels is not None and (args.fixed is None or args.fixed.startswith("sub-")):
         parser.error("--fixed-labels goes with a --fixed NIfTI path; a fixed subject's labels come from --labels")
     given = {option.flag: values.pop(_dest(option.flag)) for option in options()}
@@ -246,6 +255,16 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     for name in ("participant_label", "session_label", "methods"):
         values[name] = tuple(values[name] or ())
     return Config(method_configs=configs, **values)
+
+
+def _allowed_inside(bids_dir: Path, folder: Path, deeper: bool) -> bool:
+    """Whether ``folder`` may be an output of ``bids_dir``: outside it, or a derivatives dataset
+    of its own (``bids_dir/derivatives/<name>``, where BIDS puts derivatives; with ``deeper``,
+    also any folder in one, as a work folder)."""
+    if folder != bids_dir and bids_dir not in folder.parents:
+        return True
+    parts = folder.relative_to(bids_dir).parts
+    return len(parts) >= 2 and parts[0] == "derivatives" and (deeper or len(parts) == 2)
 
 
 def _dest(flag: str) -> str:

@@ -96,11 +96,44 @@ def test_label_map_on_another_grid(capsys, dataset, out, model):
 
 @pytest.mark.parametrize("output", ["same", "inside"])
 def test_output_dir_equal_to_or_inside_the_bids_dir(capsys, dataset, output):
-    target = dataset if output == "same" else dataset / "derivatives/bidsreg"
+    target = dataset if output == "same" else dataset / "sub-01" / "bidsreg"
     with pytest.raises(SystemExit) as info:
         main([str(dataset), str(target), "participant", "--fixed", "sub-01"])
     assert info.value.code == exit_codes.USAGE and "inside" in capsys.readouterr().err
-    assert not (dataset / "derivatives/bidsreg").exists()
+    assert not (dataset / "sub-01" / "bidsreg").exists()
+
+
+def test_output_dir_in_the_bids_dirs_derivatives_is_a_derivatives_dataset_the_inputs_ignore(capsys, dataset):
+    """Where fMRIPrep users put derivatives: the validator passes, and a rerun does not take
+    bidsreg's own warped T1w images for inputs."""
+    out = dataset / "derivatives" / "bidsreg"
+    argv = [str(dataset), str(out), "participant", "--fixed", "sub-01", "--methods", "antsaffine",
+            "--ants-affine-iterations", "20", "10", *_labels(dataset)]
+    assert main(argv) == exit_codes.OK  # validated: the outputs do not trouble the validator
+    warped = sorted(p.name for p in out.rglob("*_T1w.nii.gz"))
+    assert warped == [f"sub-0{s}_space-sub01_desc-antsaffine_T1w.nii.gz" for s in (2, 3)]
+    capsys.readouterr()
+    assert main(argv) == exit_codes.OK
+    assert "registering 2 image(s) to sub-01" in capsys.readouterr().err
+    assert sorted(p.name for p in out.rglob("*_T1w.nii.gz")) == warped
+
+
+def test_a_filter_file_with_a_misspelt_entity_or_selecting_nothing(capsys, dataset, out, model, tmp_path):
+    filters = tmp_path / "filters.json"
+    filters.write_text('{"t1w": {"acqusition": "MPRAGE"}}')
+    code, line = _run(capsys, dataset, out, "--fixed", "sub-01", "--model", str(model), "--bids-filter-file", str(filters))
+    assert code == exit_codes.BAD_INPUT and str(filters) in line and "Did you mean ['acquisition']?" in line
+    assert _unchanged(out)
+    filters.write_text('{"t1w": {"acquisition": "MPRAGE"}}')
+    code, line = _run(capsys, dataset, out, "--fixed", "sub-01", "--model", str(model), "--bids-filter-file", str(filters))
+    assert code == exit_codes.NO_FILES and "matches the filters" in line and "change the filter file" in line
+    assert _unchanged(out)
+
+
+def test_a_labels_desc_that_does_not_exist_lists_those_that_do(capsys, dataset, out, model):
+    code, line = _run(capsys, dataset, out, "--fixed", "sub-01", "--model", str(model),
+                      "--labels", str(dataset / "derivatives/manual"), "--labels-desc", "Phantom")
+    assert code == exit_codes.INPUT_MISSING and "--labels-desc phantom" in line and _unchanged(out)
 
 
 @pytest.mark.parametrize("kind", ["corrupt", "4d", "nan"])
@@ -122,7 +155,8 @@ def test_unreadable_or_bad_nifti(capsys, dataset, out, model, kind):
 def test_unknown_method_and_unknown_level(capsys, dataset, out):
     with pytest.raises(SystemExit) as info:
         main([str(dataset), str(out), "participant", "--methods", "cnn,elastic"])
-    assert info.value.code == exit_codes.USAGE and "elastic" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert info.value.code == exit_codes.USAGE and "elastic" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(SystemExit) as info:
         main([str(dataset), str(out), "subject"])
     assert info.value.code == exit_codes.UNKNOWN_LEVEL and _unchanged(out)
@@ -169,6 +203,23 @@ def test_an_output_dir_that_cannot_be_created(capsys, dataset, tmp_path, model):
     assert code == exit_codes.CANNOT_CREATE_OUTPUT and "writable" in line
 
 
+@pytest.mark.parametrize("labels", [True, False])
+def test_what_will_not_be_measured_is_said_once_before_any_work(capsys, dataset, tmp_path, model, labels):
+    """A moving image without a label map is named (it is registered, not measured); a run
+    without --labels says once that nothing is measured. Both before any output (here the
+    output folder cannot be made, the first write)."""
+    (dataset / "derivatives/manual/sub-03/anat/sub-03_desc-phantom_dseg.nii.gz").unlink()
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    code = main([str(dataset), str(blocker / "out"), "participant", "--skip-bids-validation", "--fixed", "sub-01",
+                 "--model", str(model), "--methods", "cnn", *(_labels(dataset) if labels else [])])
+    err = capsys.readouterr().err
+    assert code == exit_codes.CANNOT_CREATE_OUTPUT
+    missing = [line for line in err.splitlines() if "sub-03_T1w.nii.gz: no desc-phantom label map" in line]
+    unmeasured = [line for line in err.splitlines() if "no --labels" in line]
+    assert (len(missing), len(unmeasured)) == ((1, 0) if labels else (0, 1)), err
+
+
 def test_group_without_participant_results(capsys, dataset, out):
     code, line = _run(capsys, dataset, out, level="group")
     assert code == exit_codes.INPUT_MISSING and "participant" in line and _unchanged(out)
@@ -182,7 +233,7 @@ def test_a_fixed_file_whose_name_makes_no_space_label(capsys, dataset, out, mode
 
 
 def test_voxelmorph_without_a_one_stage_model(capsys, dataset, out):
-    code, line = _run(capsys, dataset, out, "--fixed", "sub-01", "--methods", "all")
+    code, line = _run(capsys, dataset, out, "--fixed", "sub-01", "--methods", "cnn,voxelmorph")
     assert code == exit_codes.INPUT_MISSING and "bidsreg_voxelmorph.pt" in line and _unchanged(out)
     assert "train --methods voxelmorph" in line
 

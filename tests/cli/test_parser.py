@@ -15,6 +15,7 @@ from bidsreg.methods.table import method_names
 
 @pytest.fixture()
 def dirs(tmp_path) -> list[str]:
+    (tmp_path / "bids").mkdir()
     return [str(tmp_path / "bids"), str(tmp_path / "out")]
 
 
@@ -74,15 +75,38 @@ def test_usage_errors_exit_with_bids_app_codes(dirs, capsys, extra, code, words)
     assert got == code and words in err, err
 
 
-def test_output_or_work_dir_inside_the_bids_dir_is_refused(tmp_path, capsys):
+def test_output_or_work_dir_inside_the_bids_dir_is_refused_but_in_its_derivatives(tmp_path, capsys):
     bids = tmp_path / "bids"
     for argv in (
         [str(bids), str(bids), "participant"],
-        [str(bids), str(bids / "derivatives" / "bidsreg"), "participant"],
+        [str(bids), str(bids / "derivatives"), "participant"],
+        [str(bids), str(bids / "derivatives" / "bidsreg" / "deeper"), "participant"],
+        [str(bids), str(bids / "sub-01"), "participant"],
         [str(bids), str(tmp_path / "out"), "participant", "-w", str(bids / "work")],
     ):
         code, err = exit_code(argv, capsys)
-        assert code == exit_codes.USAGE and "inside it" in err, err
+        assert code == exit_codes.USAGE and "inside it" in err and "derivatives/bidsreg" in err, err
+    bids.mkdir()
+    config = parse_args([str(bids), str(bids / "derivatives" / "bidsreg"), "participant",
+                         "-w", str(bids / "derivatives" / "bidsreg" / "work")])
+    assert config.output_dir == bids / "derivatives" / "bidsreg"
+
+
+def test_a_bids_dir_that_does_not_exist_says_so(tmp_path, capsys):
+    code, err = exit_code([str(tmp_path / "nowhere"), str(tmp_path / "out"), "participant"], capsys)
+    assert code == exit_codes.INPUT_MISSING and "does not exist" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_method_typo_gets_one_line_and_a_suggestion(dirs, capsys):
+    code, err = exit_code(dirs + ["participant", "--methods", "cnn,antsyn"], capsys)
+    assert code == exit_codes.USAGE and "did you mean antssyn?" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_help_lists_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(f"{code} {meaning}" in text for code, meaning in exit_codes.MEANINGS.items())
 
 
 def test_version(capsys):
