@@ -95,6 +95,11 @@ def load_volume(path: str | os.PathLike, *, labels: bool = False) -> Volume:
     """
     name = str(path)
     if not Path(name).is_file():
+        if Path(name).is_symlink():
+            target = os.readlink(name)
+            fix = ("its content is not in this clone: 'datalad get' it (git-annex)" if ".git/annex/" in target
+                   else "restore the target or fix the link")
+            raise ValueError(f"{name}: a link to {target}, which is missing; {fix}")
         raise ValueError(f"{name}: no such file; check the path")
     try:
         img = nb.load(name)

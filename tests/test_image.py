@@ -73,6 +73,17 @@ def test_load_volume_missing_file(tmp_path):
     assert "no such file" in message
 
 
+def test_load_volume_broken_links_say_the_target_is_missing(tmp_path):
+    annexed = tmp_path / "sub-01_T1w.nii.gz"
+    annexed.symlink_to("../.git/annex/objects/Xk/7G/MD5E-s123--abc.nii.gz/MD5E-s123--abc.nii.gz")
+    message = assert_value_error_names(annexed)
+    assert "which is missing" in message and "datalad get" in message
+    plain = tmp_path / "sub-02_T1w.nii.gz"
+    plain.symlink_to(tmp_path / "gone.nii.gz")
+    message = assert_value_error_names(plain)
+    assert "gone.nii.gz, which is missing" in message and "fix the link" in message
+
+
 def test_load_volume_random_bytes(tmp_path):
     path = tmp_path / "garbage.nii.gz"
     path.write_bytes(np.random.default_rng(0).bytes(600))

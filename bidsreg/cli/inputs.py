@@ -171,13 +171,21 @@ def resolve_model(config: Config, method: str) -> Path:
 
 
 def _check_model(path: Path, method: str) -> None:
-    """A finished checkpoint of the kind ``method`` needs (65 otherwise)."""
-    from ..nn.checkpoint import has_global_stage
+    """A finished checkpoint of the kind ``method`` needs, whose weights load into the networks
+    it describes (65 otherwise)."""
+    from ..nn.checkpoint import build_networks, has_global_stage
 
     payload = read_checkpoint(path)
-    if not payload["training"].get("complete"):
+    try:
+        complete = bool(payload["training"].get("complete"))
+        two_stage = has_global_stage(payload)
+        build_networks(payload)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path}: a bidsreg-tagged checkpoint whose networks or weights do not load ({reason}); "
+                         "use a checkpoint written by this bidsreg's train level") from None
+    if not complete:
         raise InputError(f"{path}: this training is unfinished; run the train level again to finish it")
-    two_stage = has_global_stage(payload)
     if two_stage != TABLE[method].network.global_stage:
         kind = "two-stage (cnn)" if two_stage else "one-stage (voxelmorph)"
         raise InputError(f"{path}: a {kind} checkpoint cannot run the {method} method; give the model trained with "

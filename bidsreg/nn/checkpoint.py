@@ -9,6 +9,7 @@ unfinished trainings the optimiser and random-generator states needed to resume.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -20,6 +21,7 @@ __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "build_networks", "ha
 
 FORMAT = "bidsreg-checkpoint"
 VERSION = 2
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def save_checkpoint(file: str | os.PathLike | BinaryIO, payload: dict[str, Any]) -> None:
@@ -46,10 +48,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         payload = torch.load(name, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(
-            f"{name}: not a loadable bidsreg checkpoint ({type(err).__name__}); "
-            "use a file written by bidsreg training"
-        ) from None
+        raise ValueError(f"{name}: {_why_unloadable(Path(name), err)}; use a file written by bidsreg training") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{name}: not a bidsreg checkpoint (no '{FORMAT}' tag); use a file written by bidsreg training")
     if payload.get("version") != VERSION:
@@ -58,6 +57,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"(expected {VERSION}); train the model again with this version"
         )
     return payload
+
+
+def _why_unloadable(path: Path, error: Exception) -> str:
+    """What is wrong with a file that ``torch.load(weights_only=True)`` refused, in words."""
+    if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
+        return "it holds Python objects whose loading would run code: refused (checkpoints load weights only)"
+    with path.open("rb") as file:
+        head = file.read(4)
+    if not head:
+        return "the file is empty"
+    if head == _ZIP_MAGIC:  # torch.save writes a zip archive
+        return "a torch file that is truncated or damaged (an interrupted copy or download?)"
+    return "not a torch checkpoint file"
 
 
 def build_networks(payload: dict[str, Any]) -> tuple[AffineNet, DeformableNet]:

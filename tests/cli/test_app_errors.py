@@ -167,18 +167,38 @@ class _Payload:  # a pickled object whose loading would run code
         return (print, ("this must never run",))
 
 
-@pytest.mark.parametrize("kind", ["not-torch", "other-dict", "code"])
+@pytest.mark.parametrize("kind", ["not-torch", "other-dict", "pickle", "code"])
 def test_a_checkpoint_that_is_not_bidsreg(capsys, dataset, out, tmp_path, kind):
     path = tmp_path / "model.pt"
     if kind == "not-torch":
         path.write_text("hello")
     elif kind == "other-dict":
         torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
-    else:
+    elif kind == "pickle":
         path.write_bytes(pickle.dumps(_Payload()))
+    else:
+        torch.save({"format": "bidsreg-checkpoint", "version": 2, "networks": _Payload()}, path)
     code, line = _run(capsys, dataset, out, "--fixed", "sub-01", "--model", str(path))
     assert code == exit_codes.BAD_INPUT and str(path) in line and "bidsreg" in line and _unchanged(out)
+    assert {"not-torch": "not a torch checkpoint file", "other-dict": "no 'bidsreg-checkpoint' tag",
+            "pickle": "not a torch checkpoint file", "code": "would run code: refused"}[kind] in line
     assert "this must never run" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["wrong-weights", "no-weights"])
+def test_a_tagged_checkpoint_whose_weights_do_not_fit(capsys, dataset, out, model, tmp_path, damage):
+    """Caught before any output by loading the weights into the networks, not mid-run."""
+    payload = torch.load(model, weights_only=True)
+    state = payload["state"]["deformable"]
+    if damage == "wrong-weights":
+        key = next(k for k, v in state.items() if v.ndim > 1)
+        state[key] = torch.zeros(*state[key].shape[:-1], state[key].shape[-1] + 1)
+    else:
+        del payload["state"]
+    path = tmp_path / f"{damage}.pt"
+    torch.save(payload, path)
+    code, line = _run(capsys, dataset, out, "--fixed", "sub-01", "--model", str(path), "--methods", "cnn")
+    assert code == exit_codes.BAD_INPUT and str(path) in line and "do not load" in line and _unchanged(out)
 
 
 def test_no_model_anywhere_says_how_to_train_one(capsys, dataset, out, monkeypatch, tmp_path):

@@ -40,7 +40,8 @@ def test_load_checkpoint_refuses_code_and_does_not_run_it(tmp_path, container):
         path.write_bytes(pickle.dumps(payload))
     else:
         torch.save(payload, path)
-    with pytest.raises(ValueError, match="not a loadable bidsreg checkpoint") as info:
+    refusal = "would run code: refused" if container == "torch" else "not a torch checkpoint file"  # refused unread
+    with pytest.raises(ValueError, match=refusal) as info:
         load_checkpoint(path)
     assert str(path) in str(info.value)
     assert not target.exists()
@@ -49,7 +50,7 @@ def test_load_checkpoint_refuses_code_and_does_not_run_it(tmp_path, container):
 def test_load_checkpoint_random_bytes(tmp_path):
     path = tmp_path / "noise.pt"
     path.write_bytes(np.random.default_rng(0).bytes(2000))
-    with pytest.raises(ValueError, match="not a loadable"):
+    with pytest.raises(ValueError, match="not a torch checkpoint file"):
         load_checkpoint(path)
 
 
@@ -94,7 +95,14 @@ def test_load_checkpoint_truncated_torch_file(tmp_path):
     save_checkpoint(path, {"networks": {}, "x": torch.arange(1000)})
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(ValueError, match="not a loadable"):
+    with pytest.raises(ValueError, match="truncated or damaged"):
+        load_checkpoint(path)
+
+
+def test_load_checkpoint_empty_file(tmp_path):
+    path = tmp_path / "model.pt"
+    path.touch()
+    with pytest.raises(ValueError, match="the file is empty"):
         load_checkpoint(path)
 
 
