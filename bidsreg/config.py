@@ -61,6 +61,8 @@ class Config:
     plugin : str
     plugin_args : dict
     stop_on_first_crash : bool
+    allow_missing : bool
+        Group level: report the results that are there when some requested ones are missing.
     device : str
         torch device of the networks.
     seed : int
@@ -92,6 +94,7 @@ class Config:
     plugin: str = "MultiProc"
     plugin_args: dict[str, Any] = field(default_factory=dict)
     stop_on_first_crash: bool = False
+    allow_missing: bool = False
     device: str = "auto"
     seed: int = 0
     verbose: int = 0

@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--plugin-args", type=_json_object, default={}, metavar="JSON",
                      help='the plugin\'s arguments, e.g. \'{"sbatch_args": "--time=1:00:00"}\'')
     run.add_argument("--stop-on-first-crash", action="store_true", help="stop the whole run when one step fails")
+    run.add_argument("--allow-missing", action="store_true",
+                     help="group level: when results the participant runs were asked for are missing, list them and "
+                          "compare the methods on the images they share (without it: exit 66 naming them)")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch device of the networks")
     run.add_argument("--seed", type=int, default=0, help="random seed of training and of ANTs (default: 0)")
     run.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug)")

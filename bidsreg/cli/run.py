@@ -186,6 +186,8 @@ def run_participant(config: Config) -> int:
     from nipype.pipeline import engine as pe
 
     from ..group.collect import collect
+    from ..group.requests import write_requests
+    from ..methods.table import TABLE
     from ..workflows.execution import SLURM_PLUGINS, prepare_slurm
     from ..workflows.participant import init_participant_wf, workflow_name
     from .inputs import fixed_and_subjects, layouts, resolve_networks, subject_inputs
@@ -198,6 +200,9 @@ def run_participant(config: Config) -> int:
     config = resolve_networks(config)  # before reading every image: a missing model or program says so first
     inputs = subject_inputs(config, found, subjects)
     _prepare_output(config)
+    reported = list(dict.fromkeys(stage.name for name in config.methods for stage in TABLE[name].stages))
+    write_requests(config.output_dir, [item.entities for item in inputs], reported,
+                   [fixed.labels is not None and item.labels is not None for item in inputs])
 
     methods = {name: config.method_configs[name] for name in config.methods}
     workflow = pe.Workflow(name="bidsreg_wf", base_dir=str(config.work))
@@ -248,7 +253,7 @@ def run_group_level(config: Config) -> int:
     """Gather the participant outputs into tables and ``group/report.html``."""
     from ..group.report import run_group
 
-    report = run_group(config.output_dir)
+    report = run_group(config.output_dir, allow_missing=config.allow_missing)
     try:
         write_config(config)
     except OSError as error:

@@ -20,7 +20,8 @@ from ..methods.table import TABLE
 from ..provenance import versions as package_versions
 from .collect import collect
 from .figures import method_boxplot, overlay, region_boxplot
-from .tables import cnn_stages, label_table, method_table, ordered_methods, qc_flags, wilcoxon_table
+from .requests import REQUEST_COLUMNS, describe, read_requests, reconcile
+from .tables import cnn_stages, label_table, method_table, ordered_methods, qc_flags, shared_images, wilcoxon_table
 
 __all__ = ["run_group"]
 
@@ -136,13 +137,27 @@ def _boilerplate(output_dir: Path, subjects: pd.DataFrame, versions: dict) -> st
     return " ".join(text)
 
 
-def run_group(output_dir: str | os.PathLike) -> Path:
+def _rows_of(labels: pd.DataFrame, shared: pd.DataFrame) -> pd.DataFrame:
+    """The per-label rows of the (image, method, label set) results in ``shared``."""
+    if labels.empty:
+        return labels
+    keys = ["subject", "session", "run", "method", "seg"]
+    kept = set(shared[keys].fillna("").itertuples(index=False, name=None))
+    return labels[[key in kept for key in labels[keys].fillna("").itertuples(index=False, name=None)]]
+
+
+def run_group(output_dir: str | os.PathLike, allow_missing: bool = False) -> Path:
     """Write ``output_dir/group/``: TSV tables, PNG figures and ``report.html``.
+
+    The methods are compared on the images that have a result of each (paired); every result
+    the participant runs were asked for (:mod:`bidsreg.group.requests`) must be there, unless
+    ``allow_missing``: then the missing ones are listed in the QC table and the report.
 
     Raises
     ------
     MissingInputError
-        When ``output_dir`` holds no participant results.
+        When ``output_dir`` holds no participant results, or some requested results are
+        missing and not ``allow_missing``.
     """
     output_dir = Path(output_dir)
     subjects, labels = collect(output_dir)
@@ -151,14 +166,34 @@ def run_group(output_dir: str | os.PathLike) -> Path:
             f"{output_dir}: no participant results (no sub-*/anat/*_xfm.h5 or *_overlap.tsv); "
             "run 'bidsreg BIDS_DIR OUTPUT_DIR participant' first"
         )
+    requests = read_requests(output_dir)
+    missing = pd.DataFrame(columns=list(REQUEST_COLUMNS))
+    if requests is None:
+        LOGGER.info("%s: no record of what the participant runs were asked for (outputs of an older bidsreg); "
+                    "the tables use the results that are there", output_dir)
+    else:
+        subjects, missing = reconcile(subjects, requests)
+        if not missing.empty and not allow_missing:
+            raise MissingInputError(
+                f"{output_dir}: {len(missing)} of the {len(requests)} requested results are missing "
+                f"({describe(missing)}); rerun the participant command (it resumes), or pass --allow-missing "
+                "to compare the methods on the images they share"
+            )
+        if not missing.empty:
+            LOGGER.warning("%d requested result(s) missing (%s); the methods are compared on the images they share",
+                           len(missing), describe(missing))
     group = output_dir / "group"
     figures = group / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    methods = method_table(subjects)
+    shared = shared_images(subjects)
+    methods = method_table(shared)
     stages = cnn_stages(methods)
-    per_label = label_table(labels)
+    per_label = label_table(_rows_of(labels, shared))
     tests = wilcoxon_table(subjects)
     qc = qc_flags(subjects)
+    if not missing.empty:
+        qc = pd.concat([qc, missing.assign(seg=None, dice=None, qc="missing: no result")[list(qc.columns)]],
+                       ignore_index=True)
     for name, table in (("subjects", subjects), ("methods", methods), ("cnn_stages", stages), ("labels", per_label),
                         ("wilcoxon", tests), ("qc", qc)):
         _write_tsv(table, group / f"{name}.tsv")
@@ -179,7 +214,9 @@ def run_group(output_dir: str | os.PathLike) -> Path:
         spaces=sorted(subjects["space"].dropna().unique()),
         unstripped=sorted({f"sub-{s}" for s in unstripped["subject"]}),
         tables={"stages": _table(stages), "methods": _table(_display(methods)), "tests": _table(tests),
-                "flagged": _table(flagged) if not flagged.empty else "", "labels": _table(per_label)},
+                "flagged": _table(flagged) if not flagged.empty else "", "labels": _table(per_label),
+                "missing": _table(missing) if not missing.empty else ""},
+        left_out=len(subjects) - len(shared),
         figures=[_figure(p) for p in images],
         overlays=[_figure(p) for p in overlays],
         boilerplate=_boilerplate(output_dir, subjects, versions),

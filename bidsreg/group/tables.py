@@ -9,7 +9,8 @@ from scipy.stats import wilcoxon
 
 from ..methods.table import reported_names
 
-__all__ = ["STAGES", "cnn_stages", "ordered_methods", "label_table", "method_table", "qc_flags", "wilcoxon_table"]
+__all__ = ["STAGES", "cnn_stages", "ordered_methods", "label_table", "method_table", "qc_flags", "shared_images",
+           "wilcoxon_table"]
 
 #: The CNN's stages as the original work reports them, then the instance-optimised mode (cnnio).
 STAGES = {"original": "original", "cnnaffine": "global", "cnn": "registered", "cnnio": "optimised"}
@@ -22,6 +23,15 @@ def ordered_methods(methods) -> list[str]:
     order = reported_names()
     known = [m for m in order if m in set(methods)]
     return known + sorted(set(methods) - set(order))
+
+
+def shared_images(subjects: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the images (subject, session, run) that have a result of every method of
+    their label set: what the methods are compared on, paired."""
+    table = _filled(subjects)
+    methods = table.groupby("seg")["method"].transform("nunique")
+    per_image = table.groupby(_IDENTITY + ["seg"])["method"].transform("nunique")
+    return subjects[(per_image == methods).to_numpy()].reset_index(drop=True)
 
 
 def method_table(subjects: pd.DataFrame) -> pd.DataFrame:
@@ -94,7 +104,8 @@ def qc_flags(subjects: pd.DataFrame, folding_limit: float = 1.0) -> pd.DataFrame
 
     Flags: Dice below Q1 − 1.5 IQR of its method (an outlier), Dice not above the subject's
     "original" Dice (registration did not help), more than ``folding_limit`` % folded voxels,
-    and a T1w that is not known to be skull-stripped.
+    a T1w that is not known to be skull-stripped, and an image left out of the comparison
+    because another method has no result for it (:func:`shared_images`).
     """
     table = _filled(subjects).reset_index(drop=True)
     reasons = [[] for _ in range(len(table))]
@@ -113,5 +124,9 @@ def qc_flags(subjects: pd.DataFrame, folding_limit: float = 1.0) -> pd.DataFrame
             reasons[position].append(f"{folding:.2f} % folded voxels")
         if method != "original" and stripped is not True:
             reasons[position].append("T1w not known to be skull-stripped")
+    shared = {tuple(row) for row in _filled(shared_images(subjects))[_IDENTITY + ["seg", "method"]].itertuples(index=False)}
+    for position, row in enumerate(table[_IDENTITY + ["seg", "method"]].itertuples(index=False)):
+        if tuple(row) not in shared:
+            reasons[position].append("left out of the comparison: another method has no result for this image")
     table["qc"] = ["; ".join(r) if r else "ok" for r in reasons]
     return table[_IDENTITY + ["method", "seg", "dice", "qc"]]
