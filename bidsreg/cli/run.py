@@ -7,16 +7,20 @@ caches finished steps, so a rerun after an interruption redoes only what was not
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Sequence
 
 from .. import exit_codes
-from ..atomic import atomic_output
+from ..atomic import atomic_output, remove_stale_temporaries
 from ..config import Config, write_config
 from ..errors import InputError, MissingInputError, NoFilesSelectedError, OutputError
 from ..provenance import generated_by
@@ -65,6 +69,8 @@ def _prepare_output(config: Config) -> None:
     output_dir = config.output_dir
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
+        for path in remove_stale_temporaries(output_dir, skip=(config.work,)):
+            LOGGER.info("removed %s, a partial file of a run that was killed", path)
         with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".bidsreg-write-test-"):
             pass
         description = {
@@ -181,6 +187,40 @@ class _Progress:
             LOGGER.info("%s %s: done", who, node.name)
 
 
+class _Interrupted(BaseException):
+    """SIGTERM or SIGINT during a run (a BaseException, like KeyboardInterrupt: no ``except
+    Exception`` of the engine swallows it)."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(signal.Signals(number).name)
+        self.signal = number
+
+
+@contextlib.contextmanager
+def _interruptible(plugin, config: Config) -> Iterator[None]:
+    """Turn SIGTERM and SIGINT (a cluster's time limit, scancel, Ctrl-C) into a stop that kills
+    the workers and says how to resume."""
+
+    def handler(number: int, frame) -> None:
+        raise _Interrupted(number)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread receives signals
+        yield
+        return
+    previous = {number: signal.signal(number, handler) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except _Interrupted as stop:
+        if hasattr(plugin, "stop"):
+            plugin.stop()
+        LOGGER.error("stopped by %s: the finished steps are kept in %s; run the same command again to resume "
+                     "(only the unfinished steps run)", stop, config.work)
+        raise
+    finally:
+        for number, handling in previous.items():
+            signal.signal(number, handling)
+
+
 def run_participant(config: Config) -> int:
     """Register each selected subject to the fixed image with each method (a Nipype workflow)."""
     from nipype.pipeline import engine as pe
@@ -188,7 +228,7 @@ def run_participant(config: Config) -> int:
     from ..group.collect import collect
     from ..group.requests import write_requests
     from ..methods.table import TABLE
-    from ..workflows.execution import SLURM_PLUGINS, prepare_slurm
+    from ..workflows.execution import SLURM_PLUGINS, MultiProc, prepare_slurm
     from ..workflows.participant import init_participant_wf, workflow_name
     from .inputs import fixed_and_subjects, layouts, resolve_networks, subject_inputs
 
@@ -218,24 +258,25 @@ def run_participant(config: Config) -> int:
         workflow.add_nodes([init_participant_wf(t1w=item, fixed=fixed, methods=methods, context=config.context,
                                                 output_dir=config.output_dir, seg=config.seg, name=name)])
     plugin_args = {"status_callback": _Progress(names), **config.plugin_args}
+    plugin = config.plugin
     if config.plugin == "MultiProc":
         plugin_args.setdefault("n_procs", config.nprocs)
-        # Workers forked from a process whose torch (OpenMP) thread pool exists freeze in their
-        # first multi-threaded torch call (a notebook that registered a pair, a library user):
-        # they start from a clean server process instead.
-        plugin_args.setdefault("mp_context", "forkserver")
         if config.mem_gb:
             plugin_args.setdefault("memory_gb", config.mem_gb)
+        plugin = MultiProc(plugin_args)  # workers from a forkserver, ending with the run
     jobs = ""
     if config.plugin in SLURM_PLUGINS:
         jobs = f", {prepare_slurm(workflow, config.plugin, plugin_args)} sbatch jobs"
     LOGGER.info("registering %d image(s) to %s with %s (%s plugin%s)", len(inputs), fixed.source,
                 ", ".join(config.methods), config.plugin, jobs)
     try:
-        workflow.run(plugin=config.plugin, plugin_args=plugin_args)
+        with _interruptible(plugin, config):
+            workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as error:
         LOGGER.error("%s; crash reports in %s; rerun the same command to resume", error, config.work / "crash")
         return exit_codes.FAILURE
+    except _Interrupted as stop:
+        return 128 + stop.signal
     if config.plugin == "SLURMGraph":  # the plugin submits the whole graph and returns at once
         LOGGER.info("submitted to SLURM with job dependencies; the outputs appear in %s as the jobs end (squeue --me); "
                     "after a failure, the same command resumes; once all ended: 'bidsreg %s %s group'",

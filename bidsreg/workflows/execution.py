@@ -1,4 +1,10 @@
-"""Running a workflow on a SLURM cluster: each node's own batch options from its estimates.
+"""Running a workflow: on one machine with workers that die with the run, or on a SLURM cluster
+with each node's own batch options from its estimates.
+
+Nipype's MultiProc forks its workers from the calling process (they freeze in torch when its
+thread pool already ran) and leaves them running when that process is killed. :class:`MultiProc`
+starts them from a forkserver instead, each ends itself once the run's process has ended, and
+:meth:`MultiProc.stop` kills them on an interruption.
 
 Nipype's SLURM plugins (``SLURM``: a job per node as it becomes ready; ``SLURMGraph``: the whole
 graph submitted at once with job dependencies) pass the same ``sbatch_args`` to every job and
@@ -12,15 +18,21 @@ from __future__ import annotations
 
 import getpass
 import math
+import multiprocessing
 import os
 import re
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
 
 from nipype.interfaces.utility import IdentityInterface, Merge
 from nipype.pipeline import engine as pe
+from nipype.pipeline.plugins.multiproc import MultiProcPlugin, process_initializer
 
+from ..atomic import process_running
 from ..interfaces.derivatives import DerivativesSink
 
-__all__ = ["SLURM_PLUGINS", "MIN_JOB_GB", "node_sbatch_args", "prepare_slurm"]
+__all__ = ["SLURM_PLUGINS", "MIN_JOB_GB", "MultiProc", "node_sbatch_args", "prepare_slurm"]
 
 #: The Nipype plugins that submit jobs with sbatch.
 SLURM_PLUGINS = ("SLURM", "SLURMGraph")
@@ -32,6 +44,37 @@ MIN_JOB_GB = 2.0
 _IN_PROCESS = (DerivativesSink, Merge)
 _MEMORY = re.compile(r"(^|\s)--mem(-per-cpu|-per-gpu)?[=\s]")
 _CPUS = re.compile(r"(^|\s)(--cpus-per-task[=\s]|-c\s*\d)")
+
+
+def _start_worker(cwd: str, run: int) -> None:
+    """Nipype's worker set-up, and a watch that ends the worker once the run's process ``run``
+    has ended (killed: no one else would; the forkserver lives as long as its workers)."""
+    process_initializer(cwd)
+    threading.Thread(target=_end_with, args=(run,), name="bidsreg-end-with-run", daemon=True).start()
+
+
+def _end_with(run: int, every: float = 1.0) -> None:
+    while process_running(run):
+        time.sleep(every)
+    os._exit(1)
+
+
+class MultiProc(MultiProcPlugin):
+    """Nipype's MultiProc plugin whose workers start from a forkserver (``plugin_args``
+    ``mp_context`` chooses another start method) and end with the run."""
+
+    def __init__(self, plugin_args: dict | None = None) -> None:
+        super().__init__(plugin_args=plugin_args)
+        self.pool.shutdown(wait=False)  # Nipype's pool: its workers start on the first job, none yet
+        context = multiprocessing.get_context(self.plugin_args.get("mp_context", "forkserver"))
+        self.pool = ProcessPoolExecutor(max_workers=self.processors, initializer=_start_worker,
+                                        initargs=(self._cwd, os.getpid()), mp_context=context)
+
+    def stop(self) -> None:
+        """Kill the workers (the steps they ran are redone by the next run) and drop the queue."""
+        for process in list((getattr(self.pool, "_processes", None) or {}).values()):
+            process.kill()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def node_sbatch_args(mem_gb: float, n_procs: int, sbatch_args: str = "") -> str:
