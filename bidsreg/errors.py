@@ -5,9 +5,14 @@ prints the message and exits with ``exit_code``.
 """
 from __future__ import annotations
 
+import errno
+import os
+import re
+
 from . import exit_codes
 
-__all__ = ["BIDSValidationError", "InputError", "MissingInputError", "NoFilesSelectedError", "OutputError"]
+__all__ = ["BIDSValidationError", "InputError", "MissingInputError", "NoFilesSelectedError", "OutputError",
+           "OutputWriteError", "write_failure"]
 
 
 class InputError(ValueError):
@@ -38,3 +43,35 @@ class OutputError(OSError):
     """The output folder cannot be created or written (73)."""
 
     exit_code = exit_codes.CANNOT_CREATE_OUTPUT
+
+
+class OutputWriteError(OutputError):
+    """An output could not be written during a run: ``[Errno N] <file>: cannot write (<cause>);
+    <what to do>``; exit 73 where the folder refuses it (permissions, read-only), 74 otherwise
+    (a full disk or quota, a file-size limit, an I/O error)."""
+
+    _REFUSED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+    def __init__(self, path: str | os.PathLike, error: OSError) -> None:
+        cause = error.strerror or str(error)
+        fix = ("make the output folder writable" if error.errno in self._REFUSED
+               else "free space (or raise the limit) or choose another output_dir")
+        super().__init__(error.errno, f"{path}: cannot write ({cause}); {fix}, then run the same command again "
+                                      "(it resumes)")
+
+    @property
+    def exit_code(self) -> int:
+        return exit_codes.CANNOT_CREATE_OUTPUT if self.errno in self._REFUSED else exit_codes.IO_ERROR
+
+
+_WRITE_FAILURE = re.compile(r"OutputWriteError: \[Errno (\d+)\] (.+)")
+
+
+def write_failure(text: str) -> tuple[int, str] | None:
+    """The exit code and message of the first :class:`OutputWriteError` in a failed step's
+    traceback text (how a Nipype worker's exception reaches the run), or None."""
+    match = _WRITE_FAILURE.search(text)
+    if match is None:
+        return None
+    refused = int(match[1]) in OutputWriteError._REFUSED
+    return (exit_codes.CANNOT_CREATE_OUTPUT if refused else exit_codes.IO_ERROR), match[2].strip()

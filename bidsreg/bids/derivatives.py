@@ -28,6 +28,9 @@ from bids.layout.writing import build_path
 
 from ..data import DERIVATIVES_PATTERNS
 
+#: Folder of output_dir where a result's files are written before they are moved in together.
+STAGING = ".staging"
+
 __all__ = ["derivative_path", "parse_name", "sidecar_path", "space_label"]
 
 _VALUE = re.compile(r"^[A-Za-z0-9]+$")

@@ -22,7 +22,7 @@ from typing import Sequence
 from .. import exit_codes
 from ..atomic import atomic_output, remove_stale_temporaries
 from ..config import Config, write_config
-from ..errors import InputError, MissingInputError, NoFilesSelectedError, OutputError
+from ..errors import InputError, MissingInputError, NoFilesSelectedError, OutputError, write_failure
 from ..provenance import generated_by
 from .parser import parse_args
 
@@ -30,7 +30,7 @@ __all__ = ["main"]
 
 LOGGER = logging.getLogger("bidsreg")
 #: Entries of the derivatives dataset's .bidsignore: what is not BIDS in it.
-BIDSIGNORE = ("/work", "/models", "/group", "/logs", "*_xfm.h5", "*_xfm.json", "*_overlap.tsv", "*_overlap.json",
+BIDSIGNORE = ("/work", "/models", "/group", "/logs", "/.staging", "*_xfm.h5", "*_xfm.json", "*_overlap.tsv", "*_overlap.json",
               "*_jacobian.nii.gz", "*_jacobian.json")
 
 
@@ -273,6 +273,10 @@ def run_participant(config: Config) -> int:
         with _interruptible(plugin, config):
             workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as error:
+        failed = write_failure(f"{error}\n{error.__cause__ or ''}")
+        if failed is not None:  # a full disk, a quota, an unwritable folder: the user's to fix
+            LOGGER.error("%s", failed[1])
+            return failed[0]
         LOGGER.error("%s; crash reports in %s; rerun the same command to resume", error, config.work / "crash")
         return exit_codes.FAILURE
     except _Interrupted as stop:

@@ -18,12 +18,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from nipype.interfaces.utility import IdentityInterface, Merge
+from nipype.interfaces.utility import IdentityInterface, Merge, Select
 from nipype.pipeline import engine as pe
 
+from ..bids.derivatives import STAGING
 from ..bids.layout import FixedImage, T1wInput
 from ..interfaces.apply import ApplyTransform, MaskImage
-from ..interfaces.derivatives import DerivativesSink
+from ..interfaces.derivatives import DerivativesSink, PublishDerivatives
 from ..interfaces.metrics import JacobianStats, LabelOverlap
 from ..interfaces.registration import Registration
 from ..methods.base import Context, config_parameters
@@ -196,7 +197,8 @@ def init_evaluate_wf(
     outputnode = pe.Node(IdentityInterface(fields=["forward_transform", "overlap"]), name="outputnode")
     space = fixed.space
     described = {**entities, "desc": method}
-    sink = {"base_directory": str(output_dir), "metadata": {**metadata, "Method": method}}
+    sink = {"base_directory": str(output_dir), "staging": str(_staging(output_dir, entities, method)),
+            "metadata": {**metadata, "Method": method}}
 
     warp_t1w = pe.Node(ApplyTransform(reference=str(fixed.path), interpolation="linear"), name="warp_t1w")
     ds_t1w = pe.Node(
@@ -217,8 +219,8 @@ def init_evaluate_wf(
         (inputnode, ds_inverse, [("inverse_transform", "in_file"), ("report", "json_files")]),
         (inputnode, merge, [("report", "in1")]),
         (merge, ds_forward, [("out", "json_files")]),
-        (ds_forward, outputnode, [("out_file", "forward_transform")]),
     ])
+    sinks = [ds_t1w, ds_inverse]
     if deformable(method):
         jacobian = pe.Node(JacobianStats(reference=str(fixed.path)), name="jacobian")
         ds_jacobian = pe.Node(DerivativesSink(
@@ -229,6 +231,7 @@ def init_evaluate_wf(
             (jacobian, ds_jacobian, [("out_file", "in_file"), ("out_stats", "json_files")]),
             (jacobian, merge, [("out_stats", "in2")]),
         ])
+        sinks.append(ds_jacobian)
     if labels:
         warp_labels, ds_overlap = _add_overlap(workflow, inputnode, fixed=fixed, entities=described, seg=seg, sink=sink)
         ds_dseg = pe.Node(DerivativesSink(
@@ -238,9 +241,37 @@ def init_evaluate_wf(
             (inputnode, warp_labels, [("forward_transform", "transform")]),
             (warp_labels, ds_dseg, [("out_file", "in_file")]),
             (merge, ds_overlap, [("out", "json_files")]),
-            (ds_overlap, outputnode, [("out_file", "overlap")]),
         ])
+        sinks.append(ds_dseg)
+    sinks.append(ds_forward)
+    publish = _publish(workflow, sinks + ([ds_overlap] if labels else []), sink)
+    _select(workflow, publish, 2 * len(sinks) - 1, outputnode, "forward_transform")
+    if labels:
+        _select(workflow, publish, 2 * len(sinks) + 1, outputnode, "overlap")
     return workflow
+
+
+def _staging(output_dir: Path, entities: dict, method: str) -> Path:
+    """The staging folder of one result (image, method)."""
+    return output_dir / STAGING / f"{workflow_name(entities)}_{method}"
+
+
+def _publish(workflow: pe.Workflow, sinks: list[pe.Node], sink: dict) -> pe.Node:
+    """A node that moves the files of ``sinks`` (each its sidecar, then its file; the last
+    sink's file marks the result complete) from their staging folder into the dataset."""
+    files = pe.Node(Merge(2 * len(sinks)), name="staged_files")
+    publish = pe.Node(PublishDerivatives(base_directory=sink["base_directory"], staging=sink["staging"]),
+                      name="publish")
+    for index, node in enumerate(sinks):
+        workflow.connect([(node, files, [("out_sidecar", f"in{2 * index + 1}"), ("out_file", f"in{2 * index + 2}")])])
+    workflow.connect(files, "out", publish, "in_files")
+    return publish
+
+
+def _select(workflow: pe.Workflow, publish: pe.Node, index: int, outputnode: pe.Node, field: str) -> None:
+    """Connect the published file at ``index`` to ``outputnode.field``."""
+    select = pe.Node(Select(index=[index]), name=f"select_{field}")
+    workflow.connect([(publish, select, [("out_files", "inlist")]), (select, outputnode, [("out", field)])])
 
 
 def _add_overlap(workflow: pe.Workflow, inputnode: pe.Node, *, fixed: FixedImage, entities: dict, seg: str,
@@ -270,8 +301,9 @@ def _init_original_wf(*, entities: dict, fixed: FixedImage, output_dir: Path, se
     workflow = pe.Workflow(name="evaluate_original_wf")
     inputnode = pe.Node(IdentityInterface(fields=["labels"]), name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=["overlap"]), name="outputnode")
-    sink = {"base_directory": str(output_dir), "metadata": {**metadata, "Method": "original"}}
+    sink = {"base_directory": str(output_dir), "staging": str(_staging(output_dir, entities, "original")),
+            "metadata": {**metadata, "Method": "original"}}
     _, ds_overlap = _add_overlap(workflow, inputnode, fixed=fixed, entities={**entities, "desc": "original"}, seg=seg,
                                  sink=sink)
-    workflow.connect(ds_overlap, "out_file", outputnode, "overlap")
+    _select(workflow, _publish(workflow, [ds_overlap], sink), 1, outputnode, "overlap")
     return workflow
