@@ -110,12 +110,12 @@ def test_output_dir_in_the_bids_dirs_derivatives_is_a_derivatives_dataset_the_in
     argv = [str(dataset), str(out), "participant", "--fixed", "sub-01", "--methods", "antsaffine",
             "--ants-affine-iterations", "20", "10", *_labels(dataset)]
     assert main(argv) == exit_codes.OK  # validated: the outputs do not trouble the validator
-    warped = sorted(p.name for p in out.rglob("*_T1w.nii.gz"))
+    warped = sorted(p.name for p in out.glob("sub-*/anat/*_T1w.nii.gz"))
     assert warped == [f"sub-0{s}_space-sub01_desc-antsaffine_T1w.nii.gz" for s in (2, 3)]
     capsys.readouterr()
     assert main(argv) == exit_codes.OK
     assert "registering 2 image(s) to sub-01" in capsys.readouterr().err
-    assert sorted(p.name for p in out.rglob("*_T1w.nii.gz")) == warped
+    assert sorted(p.name for p in out.glob("sub-*/anat/*_T1w.nii.gz")) == warped
 
 
 def test_a_filter_file_with_a_misspelt_entity_or_selecting_nothing(capsys, dataset, out, model, tmp_path):
