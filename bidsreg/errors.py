@@ -61,7 +61,12 @@ class OutputWriteError(OutputError):
 
     @property
     def exit_code(self) -> int:
-        return exit_codes.CANNOT_CREATE_OUTPUT if self.errno in self._REFUSED else exit_codes.IO_ERROR
+        return self.code_of(self.errno)
+
+    @classmethod
+    def code_of(cls, number: int) -> int:
+        """The exit code of a write that failed with ``errno`` ``number``."""
+        return exit_codes.CANNOT_CREATE_OUTPUT if number in cls._REFUSED else exit_codes.IO_ERROR
 
 
 _WRITE_FAILURE = re.compile(r"OutputWriteError: \[Errno (\d+)\] (.+)")
@@ -73,5 +78,4 @@ def write_failure(text: str) -> tuple[int, str] | None:
     match = _WRITE_FAILURE.search(text)
     if match is None:
         return None
-    refused = int(match[1]) in OutputWriteError._REFUSED
-    return (exit_codes.CANNOT_CREATE_OUTPUT if refused else exit_codes.IO_ERROR), match[2].strip()
+    return OutputWriteError.code_of(int(match[1])), match[2].strip()
