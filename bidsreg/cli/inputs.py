@@ -18,6 +18,7 @@ from ..bids.layout import FixedImage, T1wInput, collect_t1w, fixed_image, load_l
 from ..config import Config
 from ..errors import InputError, MissingInputError, NoFilesSelectedError
 from ..image import Volume, load_volume, same_grid
+from ..methods.ants import SCRIPTS, too_coarse_for_scripts
 from ..methods.table import TABLE, options
 
 __all__ = ["Layouts", "check_image", "check_inputs", "fixed_and_subjects", "layouts", "read_checkpoint",
@@ -61,8 +62,9 @@ def check_image(path: Path, labels: bool = False) -> Volume:
         raise InputError(str(error)) from None
 
 
-def check_inputs(image_path: Path, labels: Path | None = None, mask: Path | None = None) -> None:
-    """Load an image and its label map and mask once, so that a bad one fails before any work starts."""
+def check_inputs(image_path: Path, labels: Path | None = None, mask: Path | None = None) -> Volume:
+    """Load an image and its label map and mask once, so that a bad one fails before any work
+    starts; the image."""
     image = check_image(image_path)
     for path, what in ((labels, "label map"), (mask, "brain mask")):
         if path is None:
@@ -73,6 +75,7 @@ def check_inputs(image_path: Path, labels: Path | None = None, mask: Path | None
                 f"{other.path}: this {what} is on another grid ({other.shape}) than its T1w {image.path} "
                 f"({image.shape}); resample it onto the T1w grid or give the {what} made for this image"
             )
+    return image
 
 
 def fixed_and_subjects(config: Config, found: Layouts) -> tuple[FixedImage, list[str]]:
@@ -81,7 +84,10 @@ def fixed_and_subjects(config: Config, found: Layouts) -> tuple[FixedImage, list
     fixed = fixed_image(config.fixed, found.dataset, fixed_labels=config.fixed_labels, labels=found.labels,
                         labels_desc=config.labels_desc,
                         need_labels=found.labels is not None or config.fixed_labels is not None)
-    check_inputs(fixed.path, fixed.labels)
+    shape = check_inputs(fixed.path, fixed.labels).shape
+    scripts = [method for method in config.methods if method in SCRIPTS]
+    if scripts and (why := too_coarse_for_scripts(shape)):
+        LOGGER.warning("%s (%s): %s", ", ".join(scripts), fixed.path.name, why)
     if fixed.labels is None:
         LOGGER.info("no --labels: the registrations are written, no label overlaps (Dice, HD95) are measured; "
                     "give --labels DERIV_DIR --labels-desc DESC to measure them")

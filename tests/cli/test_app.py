@@ -15,6 +15,7 @@ from bids import BIDSLayout
 
 from bidsreg import exit_codes
 from bidsreg.cli.run import main
+from bidsreg.methods.ants import SCRIPTS
 from bidsreg.methods.table import deformable, method_names, reported_names
 from bidsreg.metrics import OVERLAP_COLUMNS
 from bidsreg.transform import Transform
@@ -26,6 +27,10 @@ SUBJECTS = ("02", "03")  # sub-01 is the fixed image
 ELASTIX = shutil.which("elastix") is not None
 #: Every reported method of the table (every stage of every method), in its order.
 METHODS = tuple(m for m in reported_names()[1:] if ELASTIX or m != "bspline")
+# The ANTs scripts (SCRIPTS) keep their settings for 1 mm brains (shrink factors 8 4 2 1, a rigid
+# stage on mutual information): on the 40-voxel phantom their coarsest level is 5 voxels wide and
+# their rigid stage lands anywhere from 0.0 to 0.9 Dice with the seed. The app tests check that they
+# run and write consistent transforms; tests/methods/test_ants.py checks that they register.
 
 #: Every derivative of sub-02 with every method (CONVENTIONS.md), written out: the names must not change.
 DERIVATIVES = (
@@ -261,7 +266,7 @@ def test_group_tables_and_report(app):
     assert set(subjects["method"]) == {"original", *METHODS}
     assert len(subjects) == len(SUBJECTS) * (len(METHODS) + 1)
     dice = subjects.pivot_table(index="subject", columns="method", values="dice")
-    for method in METHODS:  # registration helps every subject with every method
+    for method in set(METHODS) - set(SCRIPTS):  # registration helps every subject with every method
         assert (dice[method] > dice["original"]).all(), (method, dice)
     methods = pd.read_csv(group / "methods.tsv", sep="\t", na_values="n/a")
     assert list(methods["method"]) == ["original", *METHODS]
@@ -301,6 +306,8 @@ def test_rerun_redoes_only_what_is_missing(app, capsys):
 
 @pytest.mark.parametrize("method", [m for m in METHODS if deformable(m)])
 def test_inverse_transform_brings_fixed_labels_into_the_subject(app, method):
+    """The inverse transform file warps the fixed labels onto the subject about as well as the
+    forward one warps the subject's onto the fixed image, and better than no registration."""
     from bidsreg.image import load_volume
     from bidsreg.metrics import overlap_table
 
@@ -314,7 +321,10 @@ def test_inverse_transform_brings_fixed_labels_into_the_subject(app, method):
     before = Transform(np.eye(4)).apply_inverse(atlas, subject.grid, nearest=True)
     after_dice = overlap_table(warped.astype(np.int32), subject.data)["dice"].mean()
     before_dice = overlap_table(before.astype(np.int32), subject.data)["dice"].mean()
-    assert after_dice > before_dice + 0.05
+    forward = pd.read_csv(anat / f"sub-02_seg-phantom_desc-{method}_overlap.tsv", sep="\t", na_values="n/a")
+    assert abs(after_dice - forward["dice"].mean()) < 0.1
+    if method not in SCRIPTS:
+        assert after_dice > before_dice + 0.05
 
 
 def test_train_again_keeps_the_finished_model_and_refuses_another_setup(app, capsys):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from bidsreg.image import load_volume
-from bidsreg.methods.ants import AffineConfig, SyNConfig, register_affine, register_syn, register_syn_quick
+from bidsreg.methods.ants import (AffineConfig, SyNConfig, register_affine, register_syn, register_syn_quick,
+                                 too_coarse_for_scripts)
 from bidsreg.methods.base import Context
 from bidsreg.transform import Transform
 
@@ -42,7 +43,7 @@ def test_the_quick_script_registers_with_the_scripts_settings(phantom_files):
     warps the moving image closer to the fixed one than antspyx Affine alone; its inverse field
     undoes the forward one (antssynfull runs the same code with the full script, in the app tests)."""
     fixed, moving = phantom_files["fixed"], phantom_files["deformed"]
-    result = register_syn_quick(fixed, moving, context=Context(seed=1, threads=2))
+    result = register_syn_quick(fixed, moving, context=Context(seed=1))  # one thread: repeatable
     assert result.parameters["type_of_transform"] == "antsRegistrationSyNQuick[s]" and result.transform.deformable
     fixed_vol, moving_vol = load_volume(fixed), load_volume(moving)
     inside = fixed_vol.data > 0.1 * fixed_vol.data.max()
@@ -53,3 +54,9 @@ def test_the_quick_script_registers_with_the_scripts_settings(phantom_files):
     points = np.argwhere(inside)[::50] @ fixed_vol.affine[:3, :3].T + fixed_vol.affine[:3, 3]
     back = result.transform.map_points_inverse(result.transform.map_points(points))
     assert np.percentile(np.linalg.norm(back - points, axis=1), 95) < 0.5  # mm, 3 mm voxels
+
+
+def test_the_scripts_settings_are_said_not_to_suit_coarse_images():
+    assert too_coarse_for_scripts((160, 192, 160)) is None  # a 1 mm brain: 20 voxels at shrink 8
+    why = too_coarse_for_scripts((40, 48, 40))  # the 3 mm phantom
+    assert "leaves 5 voxels across this 40x48x40 image" in why and "prefer antssyn" in why
