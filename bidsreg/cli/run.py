@@ -227,7 +227,7 @@ def run_participant(config: Config) -> int:
 
     from ..group.collect import collect
     from ..group.requests import write_requests
-    from ..methods.table import TABLE
+    from ..methods.table import stage_names
     from ..workflows.execution import SLURM_PLUGINS, MultiProc, prepare_slurm
     from ..workflows.participant import init_participant_wf, workflow_name
     from .inputs import fixed_and_subjects, layouts, resolve_networks, subject_inputs
@@ -240,7 +240,7 @@ def run_participant(config: Config) -> int:
     config = resolve_networks(config)  # before reading every image: a missing model or program says so first
     inputs = subject_inputs(config, found, subjects)
     _prepare_output(config)
-    reported = list(dict.fromkeys(stage.name for name in config.methods for stage in TABLE[name].stages))
+    reported = stage_names(config.methods)
     write_requests(config.output_dir, [item.entities for item in inputs], reported,
                    [fixed.labels is not None and item.labels is not None for item in inputs])
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from . import ants, bspline, cnn, demons, voxelmorph
 from .base import build_config
 
 __all__ = ["TABLE", "Method", "Network", "Option", "Stage", "all_methods", "deformable", "method_configs", "method_names",
-           "options", "reported_names"]
+           "options", "reported_names", "stage_names"]
 
 
 @dataclass(frozen=True)
@@ -223,6 +223,12 @@ def reported_names() -> tuple[str, ...]:
     """Every reported method name in the order of the tables: the starting point (``original``),
     then each method's stages (``cnnaffine`` before ``cnn``)."""
     return ("original", *(stage.name for method in TABLE.values() for stage in method.stages))
+
+
+def stage_names(methods: Iterable[str]) -> list[str]:
+    """The reported names of ``methods`` (names of :data:`TABLE`): each method's stages, in
+    order, each name once (``cnn`` and ``cnnio`` share ``cnnaffine``)."""
+    return list(dict.fromkeys(stage.name for method in methods for stage in TABLE[method].stages))
 
 
 def deformable(name: str) -> bool:

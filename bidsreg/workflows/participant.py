@@ -28,7 +28,7 @@ from ..interfaces.derivatives import DerivativesSink, PublishDerivatives
 from ..interfaces.metrics import JacobianStats, LabelOverlap
 from ..interfaces.registration import Registration
 from ..methods.base import Context, config_parameters
-from ..methods.table import TABLE, deformable
+from ..methods.table import TABLE, deformable, stage_names
 
 __all__ = ["init_evaluate_wf", "init_participant_wf", "workflow_name"]
 
@@ -89,7 +89,7 @@ def init_participant_wf(
         raise ValueError(f"the {', '.join(untrained)} method(s) need a model (a bidsreg checkpoint)")
     kept = {key: t1w.entities[key] for key in _KEPT if t1w.entities.get(key) is not None}
     measure = t1w.labels is not None and fixed.labels is not None
-    reported = [stage.name for m in methods for stage in TABLE[m].stages]
+    reported = stage_names(methods)
     workflow = pe.Workflow(name=name or workflow_name(kept))
     inputnode = pe.Node(IdentityInterface(fields=["t1w", "labels", "mask"]), name="inputnode")
     inputnode.inputs.t1w = str(t1w.path)

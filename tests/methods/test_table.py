@@ -14,7 +14,7 @@ from bidsreg.cli.parser import build_parser
 from bidsreg.cli.run import main
 from bidsreg.image import load_volume
 from bidsreg.methods.base import Context, RegistrationResult, build_config, config_parameters, option
-from bidsreg.methods.table import TABLE, Method, deformable, method_configs, options, reported_names
+from bidsreg.methods.table import TABLE, Method, deformable, method_configs, options, reported_names, stage_names
 from bidsreg.transform import Transform
 
 
@@ -94,3 +94,7 @@ def test_a_new_method_is_one_function_one_configuration_and_one_row(bids_dataset
     assert dice["centre"] > dice["original"]
     assert "The centre method translates" in (out / "group" / "report.html").read_text()
     assert "--centre-threshold" in build_parser().format_help()
+
+
+def test_stage_names_lists_each_reported_name_once_in_order():
+    assert stage_names(["cnn", "cnnio", "antssyn"]) == ["cnnaffine", "cnn", "cnnio", "antssyn"]
