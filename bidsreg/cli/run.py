@@ -128,7 +128,7 @@ def run_train(config: Config) -> int:
         checkpoint = config.output_dir / "models" / f"{network.checkpoint}.pt"
         train_config = TrainConfig(affine_steps=config.affine_steps if network.global_stage else 0,
                                    deformable_steps=config.deformable_steps, seed=config.seed,
-                                   global_stage=network.global_stage)
+                                   global_stage=network.global_stage, diffeomorphic=network.diffeomorphic)
         LOGGER.info("training %s on %d T1w image(s) of %d subject(s): %d + %d steps -> %s", name,
                     len(images), len(subjects), train_config.affine_steps, train_config.deformable_steps, checkpoint)
         finished_before = checkpoint.is_file() and bool(

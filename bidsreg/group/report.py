@@ -94,6 +94,12 @@ def _table(table: pd.DataFrame, digits: int = 3) -> Markup:
                          border=0, classes="table"))
 
 
+#: How the methods text names what a local network predicts (its sidecar's ``field``).
+_FIELD_TEXT = {"velocity": "stationary velocity field integrated by scaling and squaring (a diffeomorphism, "
+                           "with the exact inverse)",
+               "displacement": "displacement field"}
+
+
 def _model_text(name: str) -> str:
     """How the methods text names the checkpoint: the shipped default weights are said to be so."""
     if name == DEFAULT_MODEL.name:
@@ -110,6 +116,7 @@ def _method_sentence(method: str, parameters: dict, versions: dict) -> str:
     return TABLE[method].text.format(
         name=method, version=version or versions.get("antspyx", ""), kind=parameters.get("type_of_transform", ""),
         model=_model_text(parameters.get("model", "")), parameters=settings or "default parameters",
+        field=_FIELD_TEXT.get(parameters.get("field"), _FIELD_TEXT["displacement"]),
     )
 
 

@@ -121,8 +121,8 @@ def register_local(fixed: str | os.PathLike, moving: str | os.PathLike, config: 
     """Stage 2 (``cnn``): the local network from the global stage's affine; its seconds count both stages."""
     with loaded_model(config.model, context) as model:
         result = register_pair(fixed, moving, model, affine=start.transform.affine, inverse=True)
-    return RegistrationResult(result.transform, start.seconds + result.seconds, model_parameters(config.model, context),
-                              result.steps)
+    return RegistrationResult(result.transform, start.seconds + result.seconds,
+                              model_parameters(config.model, context, model), result.steps)
 
 
 def register_optimised(fixed: str | os.PathLike, moving: str | os.PathLike, config: CNNIOConfig,
@@ -133,14 +133,20 @@ def register_optimised(fixed: str | os.PathLike, moving: str | os.PathLike, conf
     with loaded_model(config.model, context) as model:
         result = register_pair(fixed, moving, model, inverse=True, global_instance_steps=config.affine_steps,
                                local_instance=config.optimisation())
+        network = model_parameters(config.model, context, model)
     settings = {key: value for key, value in config_parameters(config).items() if key != "model"}
-    parameters = {**model_parameters(config.model, context), **settings, **config_parameters(config.optimisation())}
+    parameters = {**network, **settings, **config_parameters(config.optimisation())}
     return RegistrationResult(result.transform, result.seconds, parameters, result.steps)
 
 
-def model_parameters(model: str | os.PathLike, context: Context) -> dict:
-    """What the sidecars say of a network method: its checkpoint's file name and the device."""
-    return {"model": os.path.basename(model), "device": context.device}
+def model_parameters(path: str | os.PathLike, context: Context, model: RegistrationModel | None = None) -> dict:
+    """What the sidecars say of a network method: its checkpoint's file name, the device, and
+    with the ``model`` of a local stage, what its network predicts (``field``: ``"velocity"``,
+    integrated by scaling and squaring, or ``"displacement"``)."""
+    parameters = {"model": os.path.basename(path), "device": context.device}
+    if model is not None:
+        parameters["field"] = "velocity" if model.deformable_net.integrate is not None else "displacement"
+    return parameters
 
 
 def align_pair(

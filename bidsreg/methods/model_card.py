@@ -67,11 +67,7 @@ def write_model_card(
         "Checkpoint": checkpoint.name,
         "SHA256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
         "GeneratedBy": generated_by(),
-        "Method": "two-stage unsupervised registration CNN: global affine network (squared global NCC), "
-                  "then U-Net displacement field (local NCC over 9^3 windows + gradient smoothness)"
-                  if has_global_stage(payload) else
-                  "one-stage unsupervised registration CNN (voxelmorph): U-Net displacement field (local NCC over 9^3 "
-                  "windows + gradient smoothness) on centre-of-mass aligned pairs, no affine network",
+        "Method": _method_text(payload),
         "TrainingData": {"Dataset": str(dataset), "Subjects": [f"sub-{s}" for s in subjects],
                          "Images": training["data"]["n_images"], "Labels": "none (unsupervised)"},
         "Training": {"Steps": training["steps"], "Seconds": round(float(training["seconds"]), 1),
@@ -103,3 +99,14 @@ def write_model_card(
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(card, indent=2) + "\n")
     return path
+
+
+def _method_text(payload: dict) -> str:
+    """The card's one-line description of the networks of a checkpoint."""
+    field = ("U-Net stationary velocity field, integrated by scaling and squaring"
+             if payload["networks"]["deformable"].get("diffeomorphic") else "U-Net displacement field")
+    loss = "(local NCC over 9^3 windows + gradient smoothness)"
+    if has_global_stage(payload):
+        return f"two-stage unsupervised registration CNN: global affine network (squared global NCC), then {field} {loss}"
+    return (f"one-stage unsupervised registration CNN (voxelmorph): {field} {loss} on centre-of-mass aligned pairs, "
+            "no affine network")

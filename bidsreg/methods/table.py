@@ -58,12 +58,16 @@ class Network:
         File name (without ``.pt``) of the checkpoint ``train`` writes in ``output_dir/models``.
     global_stage : bool
         Trained with the global network (two-stage) or without (one-stage).
+    diffeomorphic : bool
+        Its local network is trained to predict a stationary velocity field
+        (:attr:`bidsreg.nn.train.TrainConfig.diffeomorphic`).
     shipped : Path or None
         The default weights used when none is given or trained.
     """
 
     checkpoint: str
     global_stage: bool
+    diffeomorphic: bool = True
     shipped: Path | None = None
 
 
@@ -158,7 +162,7 @@ class Option:
 _CNN_TEXT = (
     "The CNN method is two-stage and unsupervised: a global network predicts an affine map trained to maximise the "
     "squared global normalised cross-correlation, applied in both directions and averaged (log-Euclidean) so that it "
-    "is inverse-consistent; then a U-Net predicts a displacement field trained on local NCC over 9×9×9 windows with "
+    "is inverse-consistent; then a U-Net predicts a {field} trained on local NCC over 9×9×9 windows with "
     "a diffusion regulariser (model {model}). Its global stage alone is reported as cnnaffine."
 )
 #: What a network's registration reads of the run's context (its inference draws nothing at random).
@@ -172,7 +176,7 @@ _TWO_STAGE = Network("bidsreg_model", global_stage=True, shipped=DEFAULT_MODEL)
 
 #: The methods, in the order of the original comparison.
 TABLE: dict[str, Method] = {method.name: method for method in (
-    Method("cnn", "the two-stage CNN (global affine network, then U-Net displacement field)", cnn.register_local,
+    Method("cnn", "the two-stage CNN (global affine network, then U-Net velocity field)", cnn.register_local,
            cnn.CNNConfig, True, 2.5, start=Stage("cnnaffine", cnn.register_global), network=_TWO_STAGE,
            context=_NETWORK_CONTEXT,
            text=_CNN_TEXT),
@@ -203,9 +207,10 @@ TABLE: dict[str, Method] = {method.name: method for method in (
            in_all=False),
     Method("voxelmorph", "one-stage VoxelMorph: the U-Net alone, trained on pairs not aligned by an affine network",
            voxelmorph.register, voxelmorph.VoxelMorphConfig, True, 2.5,
-           network=Network("bidsreg_voxelmorph", global_stage=False), context=_NETWORK_CONTEXT,
-           text="The voxelmorph method is the one-stage variant: the same U-Net and loss trained alone on pairs "
-                "aligned only by their centres of mass, and applied from that alignment (model {model})."),
+           network=Network("bidsreg_voxelmorph", global_stage=False, diffeomorphic=False), context=_NETWORK_CONTEXT,
+           text="The voxelmorph method is the one-stage variant of the original comparison: the same U-Net and "
+                "loss, predicting a {field}, trained alone on pairs aligned only by their centres of mass, and "
+                "applied from that alignment (model {model})."),
 )}
 
 

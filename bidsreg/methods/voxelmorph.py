@@ -38,4 +38,5 @@ def register(fixed: str | os.PathLike, moving: str | os.PathLike, config: VoxelM
         if model.global_stage:
             raise ValueError(f"{config.model}: a two-stage (cnn) checkpoint, not a one-stage voxelmorph one")
         result = register_pair(fixed, moving, model, inverse=True)
-    return RegistrationResult(result.transform, result.seconds, model_parameters(config.model, context), result.steps)
+        parameters = model_parameters(config.model, context, model)
+    return RegistrationResult(result.transform, result.seconds, parameters, result.steps)

@@ -55,7 +55,9 @@ class TrainConfig:
     window : int
         Side of the local NCC window (voxels).
     diffeomorphic : bool
-        Local stage predicts a stationary velocity field integrated by scaling and squaring.
+        The local stage predicts a stationary velocity field integrated by scaling and squaring
+        (the default: a diffeomorphism with an exact inverse, the integration of the negated
+        field); False: a displacement field, as the original one-stage VoxelMorph.
     integration_steps : int
         Squarings of that integration.
     max_rotation : float
@@ -92,7 +94,7 @@ class TrainConfig:
     learning_rate: float = 3e-4
     smoothness: float = 1.0
     window: int = 9
-    diffeomorphic: bool = False
+    diffeomorphic: bool = True
     integration_steps: int = 7
     max_rotation: float = 15.0
     max_scaling: float = 0.1

@@ -187,6 +187,7 @@ def test_train_writes_checkpoint_and_model_card(app):
     assert card["TrainingData"]["Subjects"] == ["sub-01", "sub-02", "sub-03"] and card["Training"]["Steps"] == 8
     assert card["Config"]["affine_steps"] == 4 and card["LossCurve"] == "bidsreg_model_loss.png"
     assert (models / "bidsreg_model_loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert card["Config"]["diffeomorphic"] is True and "stationary velocity field" in card["Method"]
 
 
 def test_train_all_also_writes_the_one_stage_model(app):
@@ -195,7 +196,9 @@ def test_train_all_also_writes_the_one_stage_model(app):
     config = payload["training"]["config"]
     assert payload["training"]["complete"] and config["global_stage"] is False and config["affine_steps"] == 0
     assert payload["training"]["steps"] == 4 and len(payload["training"]["history"]["affine"]) == 0
-    assert "one-stage" in json.loads((models / "bidsreg_voxelmorph.json").read_text())["Method"]
+    card = json.loads((models / "bidsreg_voxelmorph.json").read_text())
+    assert "one-stage" in card["Method"] and "U-Net displacement field" in card["Method"]
+    assert config["diffeomorphic"] is False  # the original one-stage VoxelMorph predicts a displacement
 
 
 def test_derivatives_dataset_description(app):
@@ -284,7 +287,8 @@ def test_group_tables_and_report(app):
     assert report.count("data:image/png;base64,") >= 4  # boxplots and an overlay per subject
     assert "http://" not in report and "https://" not in report  # opens offline: nothing to fetch
     for words in ("original / global / registered", "Wilcoxon", "Methods", "antspyx", "QC flags",
-                  "FastSymmetricForcesDemons", "one-stage", *(["elastix"] if ELASTIX else [])):
+                  "FastSymmetricForcesDemons", "one-stage", "stationary velocity field integrated by scaling",
+                  "predicting a displacement field", *(["elastix"] if ELASTIX else [])):
         assert words in report
     assert (group / "figures" / "sub-02_desc-cnn_overlay.png").is_file()
 

@@ -328,8 +328,8 @@ def test_cnnio_registers_with_both_instance_optimisations(phantom, known_map, ph
     checkpoint = Path(trained_model.source)
     config = CNNIOConfig(model=checkpoint, affine_steps=100, iterations=(40, 10))
     result = register_optimised(phantom_files["fixed"], phantom_files["deformed"], config, Context(threads=2))
-    assert result.parameters == {"model": checkpoint.name, "device": "auto", "affine_steps": 100, "iterations": [40, 10],
-                                 "regularisation": 1.0, "factors": [2, 1], "lr": 0.2, "smoothing": 1, "window": 9,
+    assert result.parameters == {"model": checkpoint.name, "device": "auto", "field": "velocity", "affine_steps": 100,
+                                 "iterations": [40, 10], "regularisation": 1.0, "factors": [2, 1], "lr": 0.2, "smoothing": 1, "window": 9,
                                  "squarings": 5}
     assert result.transform.inverse_displacement is not None
     assert world_jacobian_determinant(result.transform.displacement, result.transform.field_affine).min() > 0
