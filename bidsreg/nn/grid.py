@@ -131,10 +131,14 @@ class NetworkGrid:
         index = torch.nonzero(data > config.foreground)
         if len(index) == 0:
             raise ValueError(f"{image.path}: no foreground voxels above the background; is the image empty?")
-        low, high = index.min(0).values.cpu().numpy(), index.max(0).values.cpu().numpy()
-        corners = np.array(np.meshgrid(*zip(low - 0.5, high + 0.5), indexing="ij")).reshape(3, -1)
-        world = image.affine[:3, :3] @ corners + image.affine[:3, 3:]
-        lo, hi = world.min(1) - config.margin, world.max(1) + config.margin
+        # The world box of the foreground voxels themselves (each with its half-voxel extent),
+        # not of their voxel box: an oblique image's rotated voxel box is larger than the brain.
+        matrix = torch.as_tensor(image.affine[:3, :3], dtype=torch.float64, device=index.device)
+        world = index.double() @ matrix.T
+        half = np.abs(image.affine[:3, :3]) @ np.full(3, 0.5)
+        low, high = world.min(0).values.cpu().numpy(), world.max(0).values.cpu().numpy()
+        lo = low + image.affine[:3, 3] - half - config.margin
+        hi = high + image.affine[:3, 3] + half + config.margin
         step, multiple = config.spacing, config.multiple
         shape = tuple(int(multiple * math.ceil(max((h - l) / step, min_side) / multiple)) for l, h in zip(lo, hi))
         return cls._centred((lo + hi) / 2.0, step, shape)
