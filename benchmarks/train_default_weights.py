@@ -9,6 +9,8 @@ pairs by oasis_benchmark.py).
 
     python benchmarks/train_default_weights.py     # trains (resumes), evaluates, writes the card
     python benchmarks/train_default_weights.py --evaluate-only   # measures the checkpoint again, rewrites the card
+    python benchmarks/train_default_weights.py --initial bidsreg/data/default_model.pt --seed 1 \
+        --out ~/.cache/bidsreg/default_model.pt   # fine-tunes the shipped weights (new draws: another seed)
 
 Writes ``bidsreg/data/default_model.{pt,json}``, ``default_model_loss.png`` and
 ``benchmarks/results/default_weights.{json,md}``.
@@ -50,8 +52,8 @@ APP_NAMES = {"original": "original", "global": "cnnaffine", "registered": "cnn",
              "antsaffine": "antsaffine", "antssyn": "antssyn"}
 
 
-def training_config(affine_steps: int, deformable_steps: int) -> TrainConfig:
-    return TrainConfig(affine_steps=affine_steps, deformable_steps=deformable_steps, seed=0)
+def training_config(affine_steps: int, deformable_steps: int, seed: int) -> TrainConfig:
+    return TrainConfig(affine_steps=affine_steps, deformable_steps=deformable_steps, seed=seed)
 
 
 def half_precision(payload: dict) -> dict:
@@ -107,6 +109,9 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=64, help="synthetic training subjects")
     parser.add_argument("--affine-steps", type=int, default=3000)
     parser.add_argument("--deformable-steps", type=int, default=1200)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the draws of pairs and augmentations")
+    parser.add_argument("--initial", type=Path,
+                        help="a checkpoint whose weights the training starts from (a fine-tuning; the card records it)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--evaluate-only", action="store_true",
@@ -154,9 +159,10 @@ def train(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     cohort = synthetic_cohort(load_atlas(2.0), args.subjects, TRAINING_SEED, TRAINING_RANGES, prefix="train")
     logging.info("cohort of %d synthetic subjects made in %.0f s", len(cohort), time.perf_counter() - started)
+    initial = load_checkpoint(args.initial) if args.initial else None
     payload = half_precision(train_model([image for image, _ in cohort], args.out,
-                                         training_config(args.affine_steps, args.deformable_steps),
-                                         device=args.device, progress=False, log_every=100))
+                                         training_config(args.affine_steps, args.deformable_steps, args.seed),
+                                         device=args.device, progress=False, log_every=100, initial=initial))
     write_checkpoint(args.out, payload)
     return payload
 

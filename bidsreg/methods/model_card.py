@@ -72,7 +72,7 @@ def write_model_card(
                          "Images": training["data"]["n_images"], "Labels": "none (unsupervised)"},
         "Training": {"Steps": training["steps"], "Seconds": round(float(training["seconds"]), 1),
                      "Device": training["device"], "Seed": training["seed"], "Complete": training["complete"],
-                     "FinalLoss(mean of last 50 steps)": tail},
+                     "FinalLoss(mean of last 50 steps)": tail, **_initial_entry(training)},
         "Config": training["config"],
         "Preprocessing": payload["preprocess"],
         "IntendedUse": "skull-stripped T1w brain MRI like the training images; check the group report's "
@@ -99,6 +99,17 @@ def write_model_card(
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(card, indent=2) + "\n")
     return path
+
+
+def _initial_entry(training: dict) -> dict:
+    """The card's ``InitialWeights`` entry of a training started from other weights (empty: from scratch)."""
+    initial = training.get("initial")
+    if initial is None:
+        return {}
+    field = "velocity" if initial["config"].get("diffeomorphic") else "displacement"
+    return {"InitialWeights": {"Steps": initial["steps"], "Seconds": round(float(initial["seconds"]), 1),
+                               "Device": initial["device"], "Images": initial["data"]["n_images"],
+                               "Field": field}}
 
 
 def _method_text(payload: dict) -> str:

@@ -35,6 +35,7 @@ def train_model(
     until: int | None = None,
     progress: bool = True,
     log_every: int = 0,
+    initial: dict | None = None,
 ) -> dict:
     """Train ``config`` on ``images`` into ``checkpoint``; resume if it holds an unfinished run.
 
@@ -46,8 +47,8 @@ def train_model(
         Output file. If it holds an unfinished run with the same configuration and images,
         training resumes from it; if it holds a finished one, it is returned unchanged.
     config : TrainConfig
-    device, until, progress, log_every
-        As in :func:`bidsreg.nn.train.train`.
+    device, until, progress, log_every, initial
+        As in :func:`bidsreg.nn.train.train` (``initial``: the payload of the weights to start from).
 
     Returns
     -------
@@ -62,8 +63,8 @@ def train_model(
     checkpoint = Path(checkpoint)
     payload = load_checkpoint(checkpoint) if checkpoint.exists() else None
     volumes = [image if isinstance(image, Volume) else load_volume(image) for image in images]
-    if payload is not None and not same_run(payload, config, volumes):
-        raise ValueError(f"{checkpoint}: holds a training with another configuration or other images; "
-                         "choose a new output file or delete it to start again")
-    return train(volumes, config, device=device, resume=payload, save=partial(write_checkpoint, checkpoint),
-                 until=until, progress=progress, log_every=log_every)
+    if payload is not None and not same_run(payload, config, volumes, initial):
+        raise ValueError(f"{checkpoint}: holds a training with another configuration, other images or other initial "
+                         "weights; choose a new output file or delete it to start again")
+    return train(volumes, config, device=device, resume=payload, initial=initial,
+                 save=partial(write_checkpoint, checkpoint), until=until, progress=progress, log_every=log_every)

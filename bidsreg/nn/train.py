@@ -33,7 +33,7 @@ from .losses import GlobalNCC, Gradient, LocalNCC
 from .model import resolve_device
 from .networks import AffineNet, DeformableNet
 
-__all__ = ["TrainConfig", "same_run", "train", "training_data"]
+__all__ = ["TrainConfig", "initial_record", "same_run", "train", "training_data"]
 
 
 @dataclass(frozen=True)
@@ -143,9 +143,24 @@ def training_data(images: Sequence[Image]) -> dict:
             "images": [Path(image.path).name if image.path else f"image-{i}" for i, image in enumerate(images)]}
 
 
-def same_run(payload: dict, config: TrainConfig, images: Sequence[Image]) -> bool:
-    """Whether a checkpoint holds a training of ``config`` on ``images`` (which it may resume)."""
-    return payload["training"]["config"] == config.to_dict() and payload["training"]["data"] == training_data(images)
+def initial_record(initial: dict | None) -> dict | None:
+    """What a checkpoint records of the weights its training started from (None: from scratch).
+
+    The training that produced them (steps, seconds, device, data, configuration), without its
+    loss history.
+    """
+    if initial is None:
+        return None
+    training = initial["training"]
+    return {key: training[key] for key in ("steps", "seconds", "device", "data", "config")}
+
+
+def same_run(payload: dict, config: TrainConfig, images: Sequence[Image], initial: dict | None = None) -> bool:
+    """Whether a checkpoint holds a training of ``config`` on ``images``, started from the
+    weights of ``initial`` (None: from scratch), which it may resume."""
+    training = payload["training"]
+    return (training["config"] == config.to_dict() and training["data"] == training_data(images)
+            and training.get("initial") == initial_record(initial))
 
 
 @dataclass
@@ -188,6 +203,7 @@ class _Training:
 
     def __init__(self, config: TrainConfig, device: torch.device, affine_net: AffineNet, data: dict) -> None:
         self.config, self.device, self.data = config, device, data
+        self.initial: dict | None = None
         self.affine_net = affine_net
         self.deformable_net = DeformableNet(
             config.encoder, config.decoder, config.head, config.diffeomorphic, config.integration_steps
@@ -211,6 +227,24 @@ class _Training:
     def seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
 
+    def initialise(self, payload: dict) -> None:
+        """Start from the network weights of ``payload`` (fresh optimisers, generator and history).
+
+        The velocity or displacement reading of the local network's output is the
+        configuration's: the weights of a displacement network start a velocity one well,
+        since the integration of a small velocity field is close to the field itself.
+        """
+        networks = payload["networks"]
+        parameters = ("encoder", "decoder", "head")
+        if networks["affine"] != self.affine_net.config or any(
+            networks["deformable"][key] != self.deformable_net.config[key] for key in parameters
+        ):
+            raise ValueError("the initial checkpoint's networks have other widths than the configuration's "
+                             f"(affine {networks['affine']}, local {networks['deformable']})")
+        self.affine_net.load_state_dict(payload["state"]["affine"])
+        self.deformable_net.load_state_dict(payload["state"]["deformable"])
+        self.initial = initial_record(payload)
+
     def restore(self, payload: dict) -> None:
         """Continue the unfinished run of ``payload``."""
         self.affine_net.load_state_dict(payload["state"]["affine"])
@@ -221,6 +255,7 @@ class _Training:
         self.history = {key: list(values) for key, values in payload["training"]["history"].items()}
         self.step = int(payload["resume"]["step"])
         self.seconds_before = float(payload["training"]["seconds"])
+        self.initial = payload["training"].get("initial")
 
     def loss(self, cohort: _Cohort) -> tuple[str, torch.Tensor]:
         """The stage trained at this step and its loss on a newly drawn pair."""
@@ -271,6 +306,8 @@ class _Training:
                 "seconds": self.seconds,
             },
         }
+        if self.initial is not None:
+            out["training"]["initial"] = self.initial
         if not complete:
             out["resume"] = {
                 "step": self.step,
@@ -286,6 +323,7 @@ def train(
     *,
     device: str | torch.device = "auto",
     resume: dict | None = None,
+    initial: dict | None = None,
     save: Callable[[dict], None] | None = None,
     until: int | None = None,
     progress: bool = True,
@@ -322,7 +360,8 @@ def train(
     Raises
     ------
     ValueError
-        With fewer than two images, or a ``resume`` payload of another run.
+        With fewer than two images, a ``resume`` payload of another run, or ``initial``
+        networks of other widths.
     """
     dev = resolve_device(device)
     torch.manual_seed(config.seed)  # before building the networks: it seeds their initialisation
@@ -331,13 +370,16 @@ def train(
     ).to(dev)
     cohort = _Cohort.prepare(images, config.preprocess, dev, affine_net.min_side)
     if resume is not None:
-        if not same_run(resume, config, images):
-            raise ValueError("the checkpoint to resume holds a training with another configuration or other images")
+        if not same_run(resume, config, images, initial):
+            raise ValueError("the checkpoint to resume holds a training with another configuration, other images "
+                             "or other initial weights")
         if resume["training"]["complete"]:
             return resume
     run = _Training(config, dev, affine_net, training_data(images))
     if resume is not None:
         run.restore(resume)
+    elif initial is not None:
+        run.initialise(initial)
     run.started = time.perf_counter()
     stop = run.total if until is None else min(run.total, until)
     bar = tqdm(total=run.total, initial=run.step, disable=not progress, desc="training", unit="step")

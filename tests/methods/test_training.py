@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -235,3 +236,17 @@ def test_training_logs_a_line_every_few_steps(images, make_config, tmp_path):
     lines = [line for line in handler.lines if line.startswith("training step")]
     assert [line.split()[2] for line in lines] == ["2/6", "4/6", "6/6"]
     assert "(affine)" in lines[0] and "(deformable)" in lines[-1] and "mean loss" in lines[0]
+
+
+def test_a_fine_tuning_from_a_checkpoint_is_recorded_in_its_card(reference, images, make_config, tmp_path):
+    from bidsreg.methods.model_card import write_model_card
+
+    path, config = tmp_path / "tuned.pt", make_config(affine_steps=1, deformable_steps=1, seed=2)
+    tuned = train_model(images, path, config, device="cpu", progress=False, initial=reference)
+    on_disk = load_checkpoint(path)
+    assert on_disk["training"]["initial"]["steps"] == reference["training"]["steps"] == 6
+    card = write_model_card(path, tuned, "phantom", [])
+    initial = json.loads(card.read_text())["Training"]["InitialWeights"]
+    assert initial["Steps"] == 6 and initial["Field"] == "velocity" and initial["Images"] == 2
+    with pytest.raises(ValueError, match="other initial weights"):
+        train_model(images, path, config, device="cpu", progress=False)

@@ -60,3 +60,32 @@ def test_a_payload_resumes_to_the_uninterrupted_run(volumes, make_config):
     assert not same_run(part, make_config(seed=3), volumes) and not same_run(part, config, volumes[::-1])
     with pytest.raises(ValueError, match="another configuration"):
         train(volumes, make_config(seed=3), device="cpu", progress=False, resume=part)
+
+
+def test_a_training_starts_from_the_weights_of_another_and_records_them(volumes, make_config):
+    displacement = make_config(diffeomorphic=False, affine_steps=2, deformable_steps=1)
+    initial = train(volumes, displacement, device="cpu", progress=False)
+    config = make_config(diffeomorphic=True, affine_steps=0, deformable_steps=0, seed=1)
+    started = train(volumes, config, device="cpu", progress=False, initial=initial)
+    for net in ("affine", "deformable"):  # no step: the weights are the initial ones
+        for key, value in initial["state"][net].items():
+            assert torch.equal(value, started["state"][net][key]), key
+    record = started["training"]["initial"]
+    assert record["steps"] == 3 and record["config"] == displacement.to_dict() and "history" not in record
+    assert started["networks"]["deformable"]["diffeomorphic"]
+    assert same_run(started, config, volumes, initial) and not same_run(started, config, volumes)
+    tuned = make_config(diffeomorphic=True, affine_steps=2, deformable_steps=2, seed=1)
+    part = train(volumes, tuned, device="cpu", progress=False, initial=initial, until=2)
+    resumed = train(volumes, tuned, device="cpu", progress=False, initial=initial, resume=part)
+    whole = train(volumes, tuned, device="cpu", progress=False, initial=initial)
+    for key, value in whole["state"]["deformable"].items():
+        assert torch.equal(value, resumed["state"]["deformable"][key]), key
+    assert resumed["training"]["initial"] == record
+    with pytest.raises(ValueError, match="initial weights"):
+        train(volumes, tuned, device="cpu", progress=False, resume=part)
+
+
+def test_initial_weights_of_other_widths_are_refused(volumes, make_config):
+    initial = train(volumes, make_config(affine_steps=1, deformable_steps=0), device="cpu", progress=False)
+    with pytest.raises(ValueError, match="other widths"):
+        train(volumes, make_config(encoder=(8, 16, 16, 8)), device="cpu", progress=False, initial=initial)
