@@ -69,9 +69,12 @@ class CNNIOConfig:
         The two-stage checkpoint, as :class:`CNNConfig`'s (one ``--model`` for both methods).
     affine_steps : int
         Adam steps on the 12 affine parameters after the global network
-        (:func:`bidsreg.nn.affine_stage.refine_world_map`; 0: none, the default: on two training
-        pairs 200 of them lowered the affine Dice by 0.013 and the final one by 0.01 to 0.015,
-        ``benchmarks/instance_sweep.py``).
+        (:func:`bidsreg.nn.affine_stage.refine_world_map`, on the 2 mm network grid; 0: none, the
+        default: with a cohort-trained model, 200 steps of 0.002 on the pooled 4 mm grid lowered
+        the affine Dice of two training pairs by 0.013 and the final one by 0.01 to 0.015,
+        ``benchmarks/instance_sweep.py``; with the shipped weights 100 steps on the 2 mm grid
+        raise the affine Dice of training pairs by 0.06 and make it independent of the fixed
+        image's pose, ``benchmarks/global_instance_sweep.py``).
     iterations : tuple of int
         Adam iterations on the velocity field at twice the network grid's spacing and at it
         (4 mm and 2 mm for the default 2 mm grid); 0 skips a level.
