@@ -44,6 +44,17 @@ def labels(data: Path, subject: str, desc: str = "DKT31aseg", derivative: str = 
     return data / "derivatives" / derivative / f"sub-{subject}" / "anat" / f"sub-{subject}_desc-{desc}_dseg.nii.gz"
 
 
+def training_pairs(text: str) -> list[tuple[str, str]]:
+    """``moving:fixed,...`` as (moving, fixed) pairs; SystemExit unless every subject is a
+    training subject (settings are chosen on those only, CONVENTIONS.md)."""
+    pairs = [tuple(item.split(":")) for item in text.split(",")]
+    for moving_id, fixed_id in pairs:
+        if {moving_id, fixed_id} - set(TRAIN_SUBJECTS):
+            raise SystemExit(f"sub-{moving_id} -> sub-{fixed_id}: settings are chosen on the training subjects "
+                             f"{TRAIN_SUBJECTS[0]}..{TRAIN_SUBJECTS[-1]} only")
+    return pairs
+
+
 def cache_dir() -> Path:
     path = Path(os.environ.get("BIDSREG_CACHE", Path.home() / ".cache" / "bidsreg"))
     path.mkdir(parents=True, exist_ok=True)

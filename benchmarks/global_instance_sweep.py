@@ -28,7 +28,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, TRAIN_SUBJECTS, label_dice, labels, oasis_dir, t1w, write_json  # noqa: E402
+from common import REPO, label_dice, labels, oasis_dir, t1w, training_pairs, write_json  # noqa: E402
 
 from bidsreg.image import Volume, load_volume  # noqa: E402
 from bidsreg.nn.affine_stage import symmetric_world_map  # noqa: E402
@@ -87,11 +87,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = oasis_dir(args.data)
-    pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
-    for moving_id, fixed_id in pairs:
-        if {moving_id, fixed_id} - set(TRAIN_SUBJECTS):
-            raise SystemExit(f"sub-{moving_id} -> sub-{fixed_id}: settings are chosen on the training subjects "
-                             f"{TRAIN_SUBJECTS[0]}..{TRAIN_SUBJECTS[-1]} only")
+    pairs = training_pairs(args.pairs)
     variants = VARIANTS
     if args.variants:
         variants = {}

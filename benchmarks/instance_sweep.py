@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, TRAIN_SUBJECTS, label_dice, labels, oasis_dir, t1w, write_json  # noqa: E402
+from common import REPO, label_dice, labels, oasis_dir, t1w, training_pairs, write_json  # noqa: E402
 
 from bidsreg.image import load_volume  # noqa: E402
 from bidsreg.itk import resample_field  # noqa: E402
@@ -117,11 +117,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = oasis_dir(args.data)
-    pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
-    for moving_id, fixed_id in pairs:
-        if {moving_id, fixed_id} - set(TRAIN_SUBJECTS):
-            raise SystemExit(f"sub-{moving_id} -> sub-{fixed_id}: settings are chosen on the training subjects "
-                             f"{TRAIN_SUBJECTS[0]}..{TRAIN_SUBJECTS[-1]} only")
+    pairs = training_pairs(args.pairs)
     variants = _parse_variants(args.variants) if args.variants else VARIANTS
     model = RegistrationModel.from_checkpoint(args.model, "cpu")
     results = {f"{m}->{f}": _pair(model, data, f, m, variants, args.affine_steps) for m, f in pairs}

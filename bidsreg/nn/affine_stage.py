@@ -70,11 +70,9 @@ def refine_world_map(
     pair); 200 steps of 0.002 on the pooled 4 mm grid reached 0.392 and 0.405, of 0.02 there
     0.403 and 0.409.
     """
-    if pool is None:
-        fixed_low, moving_low = _pooled_pair(affine_net, grid, fixed, moving, start)
-    else:
-        fixed_low, moving_low = (F.avg_pool3d(image, pool) if pool > 1 else image
-                                 for image in (fixed, grid.resample(moving, start)))
+    factor = affine_net.config["pool"] if pool is None else pool
+    fixed_low, moving_low = (F.avg_pool3d(image, factor) if factor > 1 else image
+                             for image in (fixed, grid.resample(moving, start)))
     similarity, warp = GlobalNCC(), AffineTransformer()
     theta = torch.eye(3, 4, dtype=fixed_low.dtype, device=fixed_low.device)[None].requires_grad_(True)
     optimiser = torch.optim.Adam([theta], lr=lr)
