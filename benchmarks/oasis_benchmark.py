@@ -41,7 +41,7 @@ from common import (  # noqa: E402
 )
 
 from bidsreg.image import load_volume  # noqa: E402
-from bidsreg.nn.instance import VelocityOptimisation  # noqa: E402
+from bidsreg.methods.cnn import CNNIOConfig  # noqa: E402
 from bidsreg.nn.model import RegistrationModel  # noqa: E402
 from bidsreg.nn.train import TrainConfig  # noqa: E402
 
@@ -63,7 +63,8 @@ def main(argv=None) -> int:
     parser.add_argument("--deformable-steps", type=int, default=TrainConfig.deformable_steps)
     parser.add_argument("--model", type=Path, help="evaluate this finished checkpoint instead of training one")
     parser.add_argument("--skip-ants", action="store_true", help="CNN only (no antspyx baselines)")
-    parser.add_argument("--global-instance-steps", type=int, default=0, help="instance optimisation of the affine")
+    parser.add_argument("--global-instance-steps", type=int, default=None,
+                        help="instance optimisation of the affine (default: cnnio's with --cnnio, else 0)")
     parser.add_argument("--cnnio", action="store_true", help="the local stage optimised for each pair, as cnnio does")
     parser.add_argument("--tag", default=None, help="name of the result files (default: from the steps)")
     args = parser.parse_args(argv)
@@ -74,7 +75,9 @@ def main(argv=None) -> int:
     checkpoint = args.model or trained_checkpoint(data, config, args.device)
     print(f"checkpoint {checkpoint} ready in {time.perf_counter() - tick:.0f} s")
     model = RegistrationModel.from_checkpoint(checkpoint, args.device)
-    local_instance = VelocityOptimisation() if args.cnnio else None
+    local_instance = CNNIOConfig().optimisation() if args.cnnio else None
+    if args.global_instance_steps is None:
+        args.global_instance_steps = CNNIOConfig().affine_steps if args.cnnio else 0
     variant = (f"g{args.global_instance_steps}_" if args.global_instance_steps else "") + ("io" if args.cnnio else "i0")
     tag = args.tag or f"a{args.affine_steps}_d{args.deformable_steps}_{variant}"
     results = REPO / "benchmarks" / "results" / f"oasis_{tag}"

@@ -52,6 +52,8 @@ class Config:
         level).
     affine_steps, deformable_steps : int
         Training steps of the networks' two stages.
+    initial_weights : Path or None
+        Checkpoint whose weights the two-stage network's training starts from (None: random).
     work_dir : Path or None
         Nipype's working directory (default: :attr:`work`).
     nprocs, omp_nthreads : int
@@ -87,6 +89,7 @@ class Config:
     method_configs: dict[str, Any] = field(default_factory=dict)
     affine_steps: int = TrainConfig.affine_steps
     deformable_steps: int = TrainConfig.deformable_steps
+    initial_weights: Path | None = None
     work_dir: Path | None = None
     nprocs: int = 1
     omp_nthreads: int = 1

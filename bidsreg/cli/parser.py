@@ -21,6 +21,7 @@ from typing import NoReturn, Sequence
 from .. import __version__
 from .. import exit_codes
 from ..config import Config
+from ..data import DEFAULT_MODEL
 from ..methods.table import TABLE, all_methods, method_configs, method_names, options
 from ..nn.train import TrainConfig
 
@@ -102,6 +103,11 @@ def _at_least(minimum: int):
 _positive, _non_negative = _at_least(1), _at_least(0)
 
 
+def _initial_weights(value: str) -> Path:
+    """``default`` (the shipped weights) or the path of a checkpoint."""
+    return DEFAULT_MODEL if value == "default" else Path(value)
+
+
 def _positive_float(value: str) -> float:
     number = float(value)
     if not number > 0:
@@ -172,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="training steps of the global (affine) network")
     training.add_argument("--deformable-steps", type=_positive, default=TrainConfig.deformable_steps, metavar="N",
                           help="training steps of the local (deformable) network")
+    training.add_argument("--initial-weights", type=_initial_weights, metavar="default|CKPT",
+                          help="start the two-stage network (cnn, cnnio) from these weights instead of random ones: "
+                               "default (the shipped weights, trained on synthetic brains) or a bidsreg checkpoint; "
+                               "a fine-tuning needs far fewer steps than a training from scratch")
 
     run = parser.add_argument_group("running")
     run.add_argument("-w", "--work-dir", type=Path, metavar="DIR", help="Nipype working directory, the cache of a rerun (default: output_dir/work)")

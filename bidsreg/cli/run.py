@@ -121,6 +121,13 @@ def run_train(config: Config) -> int:
                                    f"{len(images)}; select more subjects (--participant-label)")
     for path in images:
         check_image(path)
+    initial = None
+    if config.initial_weights is not None:
+        if any(not TABLE[name].network.global_stage for name in networks):
+            raise InputError(f"--initial-weights {config.initial_weights}: starts the two-stage network (cnn, cnnio) "
+                             f"only; train {', '.join(n for n in networks if not TABLE[n].network.global_stage)} "
+                             "in a call without it")
+        initial = read_checkpoint(config.initial_weights, "; give a checkpoint that bidsreg wrote, or default")
     _prepare_output(config)
     torch.set_num_threads(max(config.nprocs, config.omp_nthreads))
     for name in networks:
@@ -129,15 +136,16 @@ def run_train(config: Config) -> int:
         train_config = TrainConfig(affine_steps=config.affine_steps if network.global_stage else 0,
                                    deformable_steps=config.deformable_steps, seed=config.seed,
                                    global_stage=network.global_stage, diffeomorphic=network.diffeomorphic)
-        LOGGER.info("training %s on %d T1w image(s) of %d subject(s): %d + %d steps -> %s", name,
-                    len(images), len(subjects), train_config.affine_steps, train_config.deformable_steps, checkpoint)
+        LOGGER.info("training %s on %d T1w image(s) of %d subject(s): %d + %d steps from %s -> %s", name,
+                    len(images), len(subjects), train_config.affine_steps, train_config.deformable_steps,
+                    config.initial_weights or "random weights", checkpoint)
         finished_before = checkpoint.is_file() and bool(
             read_checkpoint(checkpoint, "; delete it or choose another output_dir")["training"].get("complete")
         )
         try:
             interactive = sys.stderr.isatty()  # a progress bar on a terminal, a line every 100 steps in a job's log
             payload = train_model(images, checkpoint, train_config, device=config.device, progress=interactive,
-                                  log_every=0 if interactive else 100)
+                                  log_every=0 if interactive else 100, initial=initial)
         except ValueError as error:
             raise InputError(str(error)) from None
         card = write_model_card(checkpoint, payload, config.bids_dir, subjects)

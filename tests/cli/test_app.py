@@ -351,6 +351,35 @@ def test_cnn_and_cnnio_share_one_training(bids_dataset, tmp_path, capsys):
     assert sorted(p.name for p in (out / "models").glob("*.pt")) == ["bidsreg_model.pt"]
 
 
+def test_train_fine_tunes_the_shipped_weights(bids_dataset, tmp_path, capsys):
+    """``--initial-weights default`` starts from the shipped weights and says so in the checkpoint and card."""
+    from bidsreg.data import DEFAULT_MODEL
+
+    out = tmp_path / "out"
+    common = [str(bids_dataset), str(out), "train", "--skip-bids-validation", "--affine-steps", "1",
+              "--deformable-steps", "1"]
+    assert main([*common, "--initial-weights", "default"]) == 0
+    assert "from " + str(DEFAULT_MODEL) in capsys.readouterr().err
+    shipped = torch.load(DEFAULT_MODEL, weights_only=True)["training"]
+    payload = torch.load(out / "models" / "bidsreg_model.pt", weights_only=True)["training"]
+    assert payload["initial"]["steps"] == shipped["steps"] and payload["steps"] == 2
+    card = json.loads((out / "models" / "bidsreg_model.json").read_text())
+    assert card["Training"]["InitialWeights"]["Steps"] == shipped["steps"]
+    assert main(common) == exit_codes.BAD_INPUT  # a resume from random weights is another training
+    assert "other initial weights" in capsys.readouterr().err
+
+
+def test_train_refuses_initial_weights_it_cannot_use(bids_dataset, tmp_path, capsys):
+    out, text = tmp_path / "out", tmp_path / "weights.pt"
+    text.write_text("not a checkpoint")
+    common = [str(bids_dataset), str(out), "train", "--skip-bids-validation", "--affine-steps", "1",
+              "--deformable-steps", "1"]
+    assert main([*common, "--initial-weights", str(text)]) == exit_codes.BAD_INPUT
+    assert str(text) in capsys.readouterr().err and not (out / "models").exists()
+    assert main([*common, "--initial-weights", "default", "--methods", "voxelmorph"]) == exit_codes.BAD_INPUT
+    assert "two-stage network" in capsys.readouterr().err
+
+
 def test_a_template_file_as_the_fixed_image(app, tmp_path):
     bids, labels = app["bids"], app["bids"] / "derivatives/manual"
     template = tmp_path / "tpl-Phantom_T1w.nii.gz"
