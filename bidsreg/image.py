@@ -17,7 +17,8 @@ from nibabel.affines import voxel_sizes
 
 from .atomic import atomic_output
 
-__all__ = ["Grid", "Volume", "check_affine", "load_volume", "same_grid", "save_volume"]
+__all__ = ["Grid", "Volume", "check_affine", "check_brain", "foreground_extent", "load_volume", "same_grid",
+           "save_volume"]
 
 #: Largest accepted ratio between the longest and the shortest voxel side.
 MAX_ANISOTROPY = 5.0
@@ -165,6 +166,41 @@ def check_affine(affine: np.ndarray, name: str) -> np.ndarray:
     if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise ValueError(f"{name}: the 3 x 3 part is singular, so the transform cannot be inverted")
     return affine
+
+
+#: The least extent (mm) of a T1w image's foreground on each voxel axis that can be a brain
+#: (an adult brain spans about 140 x 170 x 120 mm, a newborn's more than 60).
+MIN_BRAIN_EXTENT_MM = 50.0
+
+
+def foreground_extent(volume: Volume, fraction: float = 0.1) -> np.ndarray:
+    """Extent (mm) along each voxel axis of the voxels above ``fraction`` of the 99th
+    percentile of the image: the brain of a skull-stripped T1w image, the head of another."""
+    data = volume.data
+    above = data > fraction * float(np.percentile(data, 99))
+    if not above.any():
+        return np.zeros(3)
+    sides = [np.flatnonzero(above.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    return np.array([side[-1] - side[0] + 1 for side in sides]) * volume.spacing
+
+
+def check_brain(volume: Volume) -> None:
+    """Refuse a T1w image whose foreground is too small to be a brain (a failed skull strip,
+    a wrong file): a ValueError naming it, before any work starts.
+
+    Raises
+    ------
+    ValueError
+        When the foreground spans less than :data:`MIN_BRAIN_EXTENT_MM` on a voxel axis.
+    """
+    extent = foreground_extent(volume)
+    if extent.min() < MIN_BRAIN_EXTENT_MM:
+        sizes = " x ".join(f"{e:.0f}" for e in extent)
+        raise ValueError(
+            f"{volume.path}: its foreground (voxels above 10 % of the 99th percentile) spans {sizes} mm, too small "
+            f"for a brain (at least {MIN_BRAIN_EXTENT_MM:.0f} mm on each axis); check its skull strip or give the "
+            "T1w image itself"
+        )
 
 
 def same_grid(first: Volume, second: Volume, atol: float = 1e-3) -> bool:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bidsreg import image as image_module
-from bidsreg.image import Grid, Volume, load_volume, save_volume
+from bidsreg.image import Grid, Volume, check_brain, foreground_extent, load_volume, save_volume
 
 
 def affine(spacing=(2.0, 2.0, 2.0)) -> np.ndarray:
@@ -282,3 +282,14 @@ def test_volume_shape_and_spacing_properties():
     assert volume.shape == (3, 4, 5)
     assert np.allclose(volume.spacing, [1.0, 2.0, 3.0])
     assert volume.path == ""
+
+
+def test_foreground_extent_and_the_brain_check():
+    data = np.zeros((40, 30, 20), np.float32)
+    data[5:35, 5:25, 2:18] = 100.0
+    volume = Volume(data, np.diag([2.0, 3.0, 4.0, 1.0]), "brain.nii.gz")
+    assert foreground_extent(volume).tolist() == [60.0, 60.0, 64.0]
+    check_brain(volume)
+    data[:, :, 9:] = 0.0  # 7 slices of 4 mm left: a skull strip that cut the brain
+    with pytest.raises(ValueError, match=r"brain.nii.gz: .* spans 60 x 60 x 28 mm, too small for a brain"):
+        check_brain(Volume(data, volume.affine, volume.path))

@@ -17,7 +17,7 @@ from bids import BIDSLayout
 from ..bids.layout import FixedImage, T1wInput, collect_t1w, fixed_image, load_layout, read_filters, select_subjects
 from ..config import Config
 from ..errors import InputError, MissingInputError, NoFilesSelectedError
-from ..image import Volume, load_volume, same_grid
+from ..image import Volume, check_brain, load_volume, same_grid
 from ..methods.ants import SCRIPTS, too_coarse_for_scripts
 from ..methods.table import TABLE, options
 
@@ -55,9 +55,13 @@ def layouts(config: Config) -> Layouts:
 
 
 def check_image(path: Path, labels: bool = False) -> Volume:
-    """The image (or label map) at ``path``; one that bidsreg cannot use is bad input (65)."""
+    """The image (or label map) at ``path``; one that bidsreg cannot use, or an image too small
+    to be a brain (:func:`~bidsreg.image.check_brain`), is bad input (65)."""
     try:
-        return load_volume(path, labels=labels)
+        volume = load_volume(path, labels=labels)
+        if not labels:
+            check_brain(volume)
+        return volume
     except ValueError as error:
         raise InputError(str(error)) from None
 

@@ -152,6 +152,20 @@ def test_unreadable_or_bad_nifti(capsys, dataset, out, model, kind):
     assert code == exit_codes.BAD_INPUT and str(path) in line and _unchanged(out)
 
 
+@pytest.mark.parametrize("level", ["participant", "train"])
+def test_an_image_that_is_not_a_brain(capsys, dataset, out, model, level):
+    """A failed skull strip (a 12 mm blob left of the brain) is refused before any output."""
+    path = dataset / "sub-02/anat/sub-02_T1w.nii.gz"
+    image = nb.load(path)
+    data = np.zeros(image.shape, np.float32)
+    data[10:14, 20:24, 15:19] = 500.0
+    nb.save(nb.Nifti1Image(data, image.affine), path)
+    options = ["--fixed", "sub-01", "--model", str(model)] if level == "participant" else ["--affine-steps", "1"]
+    code, line = _run(capsys, dataset, out, *options, level=level)
+    assert code == exit_codes.BAD_INPUT and str(path) in line and "too small for a brain" in line
+    assert _unchanged(out) and not (out / "models").exists()
+
+
 def test_unknown_method_and_unknown_level(capsys, dataset, out):
     with pytest.raises(SystemExit) as info:
         main([str(dataset), str(out), "participant", "--methods", "cnn,elastic"])
