@@ -75,9 +75,10 @@ def main(argv=None) -> int:
     checkpoint = args.model or trained_checkpoint(data, config, args.device)
     print(f"checkpoint {checkpoint} ready in {time.perf_counter() - tick:.0f} s")
     model = RegistrationModel.from_checkpoint(checkpoint, args.device)
-    local_instance = CNNIOConfig().optimisation() if args.cnnio else None
+    cnnio = CNNIOConfig()
+    local_instance = cnnio.optimisation() if args.cnnio else None
     if args.global_instance_steps is None:
-        args.global_instance_steps = CNNIOConfig().affine_steps if args.cnnio else 0
+        args.global_instance_steps = cnnio.affine_steps if args.cnnio else 0
     variant = (f"g{args.global_instance_steps}_" if args.global_instance_steps else "") + ("io" if args.cnnio else "i0")
     tag = args.tag or f"a{args.affine_steps}_d{args.deformable_steps}_{variant}"
     results = REPO / "benchmarks" / "results" / f"oasis_{tag}"

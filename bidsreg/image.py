@@ -172,8 +172,11 @@ def check_affine(affine: np.ndarray, name: str) -> np.ndarray:
 #: (an adult brain spans about 140 x 170 x 120 mm, a newborn's more than 60).
 MIN_BRAIN_EXTENT_MM = 50.0
 
+#: The foreground of :func:`check_brain`: voxels above this fraction of the 99th percentile.
+BRAIN_FRACTION = 0.1
 
-def foreground_extent(volume: Volume, fraction: float = 0.1) -> np.ndarray:
+
+def foreground_extent(volume: Volume, fraction: float = BRAIN_FRACTION) -> np.ndarray:
     """Extent (mm) along each voxel axis of the voxels above ``fraction`` of the 99th
     percentile of the image: the brain of a skull-stripped T1w image, the head of another."""
     data = volume.data
@@ -197,9 +200,9 @@ def check_brain(volume: Volume) -> None:
     if extent.min() < MIN_BRAIN_EXTENT_MM:
         sizes = " x ".join(f"{e:.0f}" for e in extent)
         raise ValueError(
-            f"{volume.path}: its foreground (voxels above 10 % of the 99th percentile) spans {sizes} mm, too small "
-            f"for a brain (at least {MIN_BRAIN_EXTENT_MM:.0f} mm on each axis); check its skull strip or give the "
-            "T1w image itself"
+            f"{volume.path}: its foreground (voxels above {100 * BRAIN_FRACTION:.0f} % of the 99th percentile) spans "
+            f"{sizes} mm, too small for a brain (at least {MIN_BRAIN_EXTENT_MM:.0f} mm on each axis); check its skull "
+            "strip or give the T1w image itself"
         )
 
 

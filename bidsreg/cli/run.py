@@ -123,10 +123,10 @@ def run_train(config: Config) -> int:
         check_image(path)
     initial = None
     if config.initial_weights is not None:
-        if any(not TABLE[name].network.global_stage for name in networks):
+        one_stage = [name for name in networks if not TABLE[name].network.global_stage]
+        if one_stage:
             raise InputError(f"--initial-weights {config.initial_weights}: starts the two-stage network (cnn, cnnio) "
-                             f"only; train {', '.join(n for n in networks if not TABLE[n].network.global_stage)} "
-                             "in a call without it")
+                             f"only; train {', '.join(one_stage)} in a call without it")
         initial = read_checkpoint(config.initial_weights, "; give a checkpoint that bidsreg wrote, or default")
     _prepare_output(config)
     torch.set_num_threads(max(config.nprocs, config.omp_nthreads))
