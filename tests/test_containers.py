@@ -127,3 +127,24 @@ def test_image_registers_a_read_only_dataset_and_reports(image, tmp_path):
         assert methods.loc[method, "dice_mean"] > methods.loc["original", "dice_mean"], method
     assert (out / "group" / "report.html").stat().st_size > 0
     assert not any(bids.rglob("*desc-cnn*")), "the dataset was mounted read-only and stays untouched"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_image_runs_as_the_callers_uid_on_a_read_only_file_system(image, tmp_path):
+    """As Apptainer runs it (and ``docker run --user``): the caller's UID, which the image does
+    not know, the image's own file system read-only with a private /tmp, the dataset mounted
+    read-only. The outputs belong to the caller."""
+    bids = write_demo_dataset(tmp_path / "bids", n_subjects=2, voxel_size=4.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)  # a folder the caller may write to
+    uid = 4321
+    run = ["run", "--rm", "--user", f"{uid}:{uid}", "--read-only", "--tmpfs", "/tmp", "-v", f"{bids}:/data:ro",
+           "-v", f"{out}:/out", image, "/data", "/out"]
+    _docker(*run, "participant", "--fixed", "sub-01", "--labels", "/data/derivatives/labels", "--labels-desc", "DK",
+            "--methods", "cnn")
+    _docker(*run, "group")
+    warped = out / "sub-02" / "anat" / "sub-02_space-sub01_desc-cnn_T1w.nii.gz"
+    assert warped.stat().st_size > 0 and warped.stat().st_uid == uid
+    assert (out / "group" / "report.html").stat().st_uid == uid
