@@ -12,13 +12,31 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .atomic import atomic_output
 from .methods.base import Context, config_parameters
 from .nn.train import TrainConfig
 
-__all__ = ["Config", "write_config"]
+__all__ = ["Config", "MAX_DEFAULT_THREADS", "usable_cpus", "write_config"]
+
+#: The most threads a registration gets by default (torch and ANTs gain little beyond, and the
+#: rest of the CPUs run other subjects side by side).
+MAX_DEFAULT_THREADS = 8
+
+
+def usable_cpus(environ: Mapping[str, str] = os.environ) -> int:
+    """The CPUs this process may use: those of its CPU affinity (what ``taskset``, a cgroup's
+    cpuset or SLURM's task binding leave it; all of the machine's where the system has no
+    affinity), and at most ``SLURM_CPUS_PER_TASK`` inside a SLURM job."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    slurm = environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        cpus = min(cpus, int(slurm))
+    return max(cpus, 1)
 
 
 @dataclass(frozen=True)
@@ -56,8 +74,11 @@ class Config:
         Checkpoint whose weights the two-stage network's training starts from (None: random).
     work_dir : Path or None
         Nipype's working directory (default: :attr:`work`).
-    nprocs, omp_nthreads : int
-        CPU cores of the run, threads of each registration.
+    nprocs : int
+        CPU cores of the run (default: :func:`usable_cpus`).
+    omp_nthreads : int or None
+        Threads of each registration (None, the default: ``nprocs``, at most
+        :data:`MAX_DEFAULT_THREADS`).
     mem_gb : float or None
         Memory MultiProc may use.
     plugin : str
@@ -91,8 +112,8 @@ class Config:
     deformable_steps: int = TrainConfig.deformable_steps
     initial_weights: Path | None = None
     work_dir: Path | None = None
-    nprocs: int = 1
-    omp_nthreads: int = 1
+    nprocs: int = field(default_factory=usable_cpus)
+    omp_nthreads: int | None = None
     mem_gb: float | None = None
     plugin: str = "MultiProc"
     plugin_args: dict[str, Any] = field(default_factory=dict)
@@ -102,6 +123,10 @@ class Config:
     seed: int = 0
     verbose: int = 0
     recipe: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.omp_nthreads is None:
+            object.__setattr__(self, "omp_nthreads", min(self.nprocs, MAX_DEFAULT_THREADS))
 
     @property
     def context(self) -> Context:

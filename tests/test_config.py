@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from bidsreg.config import Config, write_config
+from bidsreg.config import MAX_DEFAULT_THREADS, Config, usable_cpus, write_config
 from bidsreg.methods.base import Context
 from bidsreg.methods.table import method_configs
 
@@ -35,3 +36,15 @@ def test_the_stored_config_is_json_with_each_method_configuration(tmp_path):
     assert stored["method_configs"]["demons"]["iterations"] == [50, 30, 15]
     assert set(stored) == {field.name for field in dataclasses.fields(Config)}
     assert Path(stored["output_dir"]) == config.output_dir
+
+
+def test_the_defaults_use_the_cpus_the_process_may_use(tmp_path):
+    cpus = len(os.sched_getaffinity(0))
+    assert usable_cpus({}) == cpus
+    assert usable_cpus({"SLURM_CPUS_PER_TASK": "1"}) == 1  # a SLURM job's share of the node
+    assert usable_cpus({"SLURM_CPUS_PER_TASK": str(cpus + 4)}) == cpus  # never more than the affinity
+    assert usable_cpus({"SLURM_CPUS_PER_TASK": ""}) == cpus
+    config = Config(tmp_path / "bids", tmp_path / "out", "train")
+    assert config.nprocs == usable_cpus() and config.omp_nthreads == min(config.nprocs, MAX_DEFAULT_THREADS)
+    assert Config(tmp_path / "bids", tmp_path / "out", "train", nprocs=32).omp_nthreads == MAX_DEFAULT_THREADS
+    assert Config(tmp_path / "bids", tmp_path / "out", "train", nprocs=4, omp_nthreads=1).context.threads == 1

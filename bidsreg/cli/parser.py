@@ -20,7 +20,7 @@ from typing import NoReturn, Sequence
 
 from .. import __version__
 from .. import exit_codes
-from ..config import Config
+from ..config import MAX_DEFAULT_THREADS, Config, usable_cpus
 from ..data import DEFAULT_MODEL
 from ..methods.table import TABLE, all_methods, method_configs, method_names, options
 from ..nn.train import TrainConfig
@@ -185,9 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = parser.add_argument_group("running")
     run.add_argument("-w", "--work-dir", type=Path, metavar="DIR", help="Nipype working directory, the cache of a rerun (default: output_dir/work)")
-    run.add_argument("--nprocs", type=_positive, default=1, metavar="N",
-                     help="CPU cores: steps run side by side (MultiProc); threads of train")
-    run.add_argument("--omp-nthreads", type=_positive, default=1, metavar="N", help="threads of each registration")
+    cpus = usable_cpus()
+    run.add_argument("--nprocs", type=_positive, default=cpus, metavar="N",
+                     help=f"CPU cores: steps run side by side (MultiProc); threads of train (default: {cpus}, the CPUs "
+                          "this process may use: its affinity, at most SLURM_CPUS_PER_TASK)")
+    run.add_argument("--omp-nthreads", type=_positive, metavar="N",
+                     help=f"threads of each registration (default: --nprocs, at most {MAX_DEFAULT_THREADS})")
     run.add_argument("--mem-gb", type=float, metavar="GB", help="memory MultiProc may use (default: 90%% of the machine's)")
     run.add_argument("--plugin", type=_plugin, default="MultiProc", metavar="NAME",
                      help="Nipype execution plugin: MultiProc, Linear, SLURM, SGE, PBS, LSF, ... (any Nipype plugin)")

@@ -8,7 +8,7 @@ import pytest
 from bidsreg import __version__
 from bidsreg import exit_codes
 from bidsreg.cli.parser import parse_args
-from bidsreg.config import Config
+from bidsreg.config import MAX_DEFAULT_THREADS, Config, usable_cpus
 from bidsreg.methods.demons import DemonsConfig
 from bidsreg.methods.table import method_names
 
@@ -30,9 +30,10 @@ def test_defaults_and_labels(dirs, tmp_path):
     assert isinstance(config, Config) and config.analysis_level == "participant"
     assert config.bids_dir == tmp_path / "bids" and config.output_dir.is_absolute()
     assert config.participant_label == ("01", "02") and config.session_label == ("a",)
-    assert config.methods == ("cnnio",) and config.plugin == "MultiProc" and config.nprocs == 1
+    assert config.methods == ("cnnio",) and config.plugin == "MultiProc"
     assert config.plugin_args == {} and config.device == "auto" and not config.skip_bids_validation
-    assert config.work == config.output_dir / "work" and config.context.threads == 1
+    assert config.nprocs == usable_cpus() and config.context.threads == min(usable_cpus(), MAX_DEFAULT_THREADS)
+    assert config.work == config.output_dir / "work"
     assert config.method_configs["cnnio"].model is None
 
 
