@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +33,8 @@ LOGGER = logging.getLogger("bidsreg")
 #: Entries of the derivatives dataset's .bidsignore: what is not BIDS in it.
 BIDSIGNORE = ("/work", "/models", "/group", "/logs", "/.staging", "*_xfm.h5", "*_xfm.json", "*_overlap.tsv", "*_overlap.json",
               "*_jacobian.nii.gz", "*_jacobian.json")
+
+_FORMAT = "%(asctime)s bidsreg %(levelname)s: %(message)s"
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -53,7 +56,7 @@ def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO
     if not LOGGER.handlers:
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s bidsreg %(levelname)s: %(message)s", datefmt="%H:%M:%S"))
+        handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
         LOGGER.addHandler(handler)
         LOGGER.propagate = False
     LOGGER.setLevel(level)
@@ -84,10 +87,25 @@ def _prepare_output(config: Config) -> None:
             tmp.write_text(json.dumps(description, indent=2) + "\n")
         with atomic_output(output_dir / ".bidsignore") as tmp:
             tmp.write_text("\n".join(BIDSIGNORE) + "\n")
-        write_config(config)
+        _log_to_file(write_config(config))
     except OSError as error:
         raise OutputError(f"{output_dir}: cannot create or write the output folder ({error.strerror}); "
                           "choose a writable output_dir") from None
+
+
+def _log_to_file(config_path: Path) -> None:
+    """From now on, also write the log beside the run's stored configuration
+    (``logs/config_<level>_<stamp>_<pid>.json`` -> ``logs/log_<level>_<stamp>_<pid>.txt``)."""
+    handler = logging.FileHandler(config_path.with_name(config_path.stem.replace("config_", "log_", 1) + ".txt"),
+                                  encoding="utf-8")
+    handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+    LOGGER.addHandler(handler)
+
+
+def _close_log_files() -> None:
+    for handler in [h for h in LOGGER.handlers if isinstance(h, logging.FileHandler)]:
+        LOGGER.removeHandler(handler)
+        handler.close()
 
 
 def run_train(config: Config) -> int:
@@ -158,17 +176,23 @@ def run_train(config: Config) -> int:
 
 
 class _Progress:
-    """Nipype status callback: a line per subject and method as its registration ends and as
-    its overlaps are filed.
+    """Nipype status callback: a line per subject and method as its registration ends (counted
+    against all of the run's registrations, and saying when the work folder's cache had it
+    from an earlier run) and as its overlaps are filed.
 
     Parameters
     ----------
     subjects : dict
         The name of each subject's workflow -> how the lines name it (``sub-10_ses-a``).
+    registrations : int
+        How many registrations (method stages times subjects) the run has.
     """
 
-    def __init__(self, subjects: dict[str, str]) -> None:
+    def __init__(self, subjects: dict[str, str], registrations: int) -> None:
         self.subjects = subjects
+        self.registrations = registrations
+        self.done = 0
+        self.started = time.time()
 
     def __call__(self, node, status: str) -> None:
         from ..interfaces.derivatives import DerivativesSink
@@ -183,8 +207,13 @@ class _Progress:
         try:
             outputs = node.result.outputs
             if registration:
-                report = json.loads(Path(outputs.report).read_text())
-                LOGGER.info("%s %s: registered in %.1f s", who, report["method"], report["seconds"])
+                self.done += 1
+                path = Path(outputs.report)
+                report = json.loads(path.read_text())
+                how = (f"registered in {report['seconds']:.1f} s" if path.stat().st_mtime >= self.started else
+                       f"registered by an earlier run ({report['seconds']:.1f} s), kept from the work folder")
+                LOGGER.info("%s %s: %s (%d of %d registrations)", who, report["method"], how, self.done,
+                            self.registrations)
             else:
                 import pandas as pd
 
@@ -235,7 +264,7 @@ def run_participant(config: Config) -> int:
 
     from ..group.collect import collect
     from ..group.requests import write_requests
-    from ..methods.table import stage_names
+    from ..methods.table import TABLE, stage_names
     from ..workflows.execution import SLURM_PLUGINS, MultiProc, prepare_slurm
     from ..workflows.participant import init_participant_wf, workflow_name
     from .inputs import fixed_and_subjects, layouts, resolve_networks, subject_inputs
@@ -265,7 +294,8 @@ def run_participant(config: Config) -> int:
                                if item.entities.get(key) is not None)
         workflow.add_nodes([init_participant_wf(t1w=item, fixed=fixed, methods=methods, context=config.context,
                                                 output_dir=config.output_dir, seg=config.seg, name=name)])
-    plugin_args = {"status_callback": _Progress(names), **config.plugin_args}
+    registrations = len(inputs) * sum(len(TABLE[name].stages) for name in config.methods)
+    plugin_args = {"status_callback": _Progress(names, registrations), **config.plugin_args}
     plugin = config.plugin
     if config.plugin == "MultiProc":
         plugin_args.setdefault("n_procs", config.nprocs)
@@ -303,15 +333,23 @@ def run_participant(config: Config) -> int:
 
 
 def run_group_level(config: Config) -> int:
-    """Gather the participant outputs into tables and ``group/report.html``."""
+    """Gather the participant outputs into tables and ``group/report.html``; log the rounded
+    comparison of the methods."""
+    import pandas as pd
+
     from ..group.report import run_group
 
     report = run_group(config.output_dir, allow_missing=config.allow_missing)
     try:
-        write_config(config)
+        _log_to_file(write_config(config))
     except OSError as error:
         raise OutputError(f"{config.output_dir / 'logs'}: cannot write the run's configuration ({error.strerror}); "
                           "make the output folder writable") from None
+    methods = pd.read_csv(report.parent / "methods.tsv", sep="\t", na_values="n/a")
+    columns = [c for c in ("seg", "method", "n", "dice_mean", "dice_sd", "hd95_mean", "folding_percent_mean",
+                           "seconds_mean", "peak_memory_mb_mean") if c in methods]
+    LOGGER.info("methods compared (group/methods.tsv, rounded):\n%s",
+                methods[columns].dropna(axis=1, how="all").round(3).to_string(index=False))
     print(f"report: {report.resolve()}")
     return exit_codes.OK
 
@@ -326,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, OutputError) as error:
         LOGGER.error("%s", error)
         return error.exit_code
+    finally:
+        _close_log_files()
 
 
 def console() -> None:

@@ -25,6 +25,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from nipype import config as nipype_config
 from nipype.interfaces.utility import IdentityInterface, Merge
 from nipype.pipeline import engine as pe
 from nipype.pipeline.plugins.multiproc import MultiProcPlugin, process_initializer
@@ -40,16 +41,24 @@ SLURM_PLUGINS = ("SLURM", "SLURMGraph")
 #: it: warping a 1 mm brain through a deformable transform peaks at 1.2 GB, the whole process
 #: (OASIS-TRT-20 sub-10 to sub-09; the Jacobian 0.95 GB, the overlaps 0.35 GB).
 MIN_JOB_GB = 2.0
+#: Nipype's log levels, as the run set them, for its workers too.
+_LOG_LEVELS = ("workflow_level", "interface_level", "utils_level")
 #: Nodes too light for a job of their own: they copy files or gather lists.
 _IN_PROCESS = (DerivativesSink, Merge)
 _MEMORY = re.compile(r"(^|\s)--mem(-per-cpu|-per-gpu)?[=\s]")
 _CPUS = re.compile(r"(^|\s)(--cpus-per-task[=\s]|-c\s*\d)")
 
 
-def _start_worker(cwd: str, run: int) -> None:
-    """Nipype's worker set-up, and a watch that ends the worker once the run's process ``run``
-    has ended (killed: no one else would; the forkserver lives as long as its workers)."""
+def _start_worker(cwd: str, run: int, logging_levels: dict[str, str]) -> None:
+    """Nipype's worker set-up with the run's Nipype log levels (a worker from a forkserver
+    starts with Nipype's defaults, which log every step), and a watch that ends the worker once
+    the run's process ``run`` has ended (killed: no one else would; the forkserver lives as
+    long as its workers)."""
+    from nipype import config, logging
+
     process_initializer(cwd)
+    config.update_config({"logging": logging_levels})
+    logging.update_logging(config)
     threading.Thread(target=_end_with, args=(run,), name="bidsreg-end-with-run", daemon=True).start()
 
 
@@ -67,8 +76,9 @@ class MultiProc(MultiProcPlugin):
         super().__init__(plugin_args=plugin_args)
         self.pool.shutdown(wait=False)  # Nipype's pool: its workers start on the first job, none yet
         context = multiprocessing.get_context(self.plugin_args.get("mp_context", "forkserver"))
+        levels = {key: nipype_config.get("logging", key) for key in _LOG_LEVELS}
         self.pool = ProcessPoolExecutor(max_workers=self.processors, initializer=_start_worker,
-                                        initargs=(self._cwd, os.getpid()), mp_context=context)
+                                        initargs=(self._cwd, os.getpid(), levels), mp_context=context)
 
     def stop(self) -> None:
         """Kill the workers (the steps they ran are redone by the next run) and drop the queue."""

@@ -16,7 +16,7 @@ from bids import BIDSLayout
 from bidsreg import exit_codes
 from bidsreg.cli.run import main
 from bidsreg.methods.ants import SCRIPTS
-from bidsreg.methods.table import deformable, method_names, reported_names
+from bidsreg.methods.table import TABLE, deformable, method_names, reported_names
 from bidsreg.metrics import OVERLAP_COLUMNS
 from bidsreg.transform import Transform
 
@@ -281,6 +281,7 @@ def test_group_tables_and_report(app):
     assert len(labels) == 10 and {"name", "cnn", "antssyn"} <= set(labels.columns)
     tests = pd.read_csv(group / "wilcoxon.tsv", sep="\t", na_values="n/a")
     assert len(tests) == len(METHODS) * (len(METHODS) + 1) // 2 and set(tests["n"]) == {2}
+    assert set(tests["smallest_p"]) == {0.5}  # 2 subjects: no test can say more
     qc = pd.read_csv(group / "qc.tsv", sep="\t", na_values="n/a")
     assert len(qc) == len(subjects) and "qc" in qc
     report = (group / "report.html").read_text()
@@ -290,7 +291,25 @@ def test_group_tables_and_report(app):
                   "FastSymmetricForcesDemons", "one-stage", "stationary velocity field integrated by scaling",
                   "predicting a displacement field", *(["elastix"] if ELASTIX else [])):
         assert words in report
-    assert (group / "figures" / "sub-02_desc-cnn_overlay.png").is_file()
+    assert "fixed: sub-01 (space-sub01)" in report and "registered to sub-01 (space-sub01)" in report
+    assert "<th>Dice</th>" in report and "dice_mean" not in report  # the tables say what they show
+    assert (group / "figures" / "sub-02_overlay.png").is_file()  # every method, beside each other
+    assert "the hardest first" in report and "look at these first" in report
+    overlap = json.loads((app["out"] / "sub-02/anat/sub-02_seg-phantom_desc-cnn_overlap.json").read_text())
+    assert overlap["FixedLabels"].endswith("sub-01_desc-phantom_dseg.nii.gz")
+
+
+def test_each_level_writes_its_log_beside_its_configuration(app, capsys):
+    logs = app["out"] / "logs"
+    for level in ("train", "participant", "group"):
+        configs = sorted(logs.glob(f"config_{level}_*.json"))
+        assert configs and all(c.with_name(c.stem.replace("config_", "log_") + ".txt").is_file() for c in configs)
+    participant = next(logs.glob("log_participant_*.txt")).read_text()
+    assert "sub-02 cnn: registered in" in participant and "registrations)" in participant
+    assert main([str(app["bids"]), str(app["out"]), "group"]) == 0
+    err = capsys.readouterr().err  # the comparison, rounded, before the report's path
+    assert "methods compared" in err and "dice_mean" in err and "antssyn" in err
+    assert "methods compared" in sorted(logs.glob("log_group_*.txt"))[-1].read_text()
 
 
 def test_rerun_redoes_only_what_is_missing(app, capsys):
@@ -305,7 +324,10 @@ def test_rerun_redoes_only_what_is_missing(app, capsys):
     assert lost.is_file() and kept.read_bytes() == before[0]
     assert result.stat().st_mtime_ns == before[1]  # the registration was not run again
     log = capsys.readouterr().err  # a line per subject and method, and a summary
-    assert "sub-02 antssyn: registered in" in log and "sub-03 cnn: mean Dice" in log and "summary" in log
+    assert "sub-02 antssyn: registered by an earlier run" in log and "kept from the work folder" in log
+    registrations = 2 * sum(len(TABLE[name].stages) for name in methods.split(","))  # sub-02 and sub-03
+    assert f"({registrations} of {registrations} registrations)" in log
+    assert "sub-03 cnn: mean Dice" in log and "summary" in log
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if deformable(m)])
