@@ -1,4 +1,5 @@
-"""Group figures (matplotlib, written as PNG files): Dice boxplots and before/after overlays."""
+"""Group figures (matplotlib, written as PNG files): Dice per method and per region, and
+before/after overlays of every method."""
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ from matplotlib.figure import Figure
 from ..atomic import atomic_output
 from .tables import ordered_methods
 
-__all__ = ["method_boxplot", "overlay", "region_boxplot"]
+__all__ = ["MAX_DOTS", "method_boxplot", "overlay", "region_profile"]
 
 
 def _save(figure: Figure, path: str | os.PathLike) -> None:
@@ -19,8 +20,17 @@ def _save(figure: Figure, path: str | os.PathLike) -> None:
         figure.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
 
 
+#: The colour of the label outlines in the overlays (RGB).
+_OUTLINE = (1.0, 0.85, 0.0)
+#: How the figures name a measure.
+_WORDS = {"dice": "Dice", "hd95": "HD95 (mm)"}
+#: Above this many subjects a method's box shows no dot per subject (a cohort's would hide it).
+MAX_DOTS = 30
+
+
 def method_boxplot(subjects: pd.DataFrame, path: str | os.PathLike, measure: str = "dice") -> None:
-    """One box per method of the subjects' mean ``measure`` over labels, subjects as dots."""
+    """One box per method of the subjects' mean ``measure`` over labels, with a dot per
+    subject up to :data:`MAX_DOTS` subjects."""
     data = subjects.dropna(subset=[measure])
     methods = ordered_methods(data["method"].unique())
     figure = Figure(figsize=(1.2 * len(methods) + 2, 4))
@@ -28,59 +38,73 @@ def method_boxplot(subjects: pd.DataFrame, path: str | os.PathLike, measure: str
     values = [data.loc[data["method"] == m, measure].to_numpy(float) for m in methods]
     axis.boxplot(values, showfliers=False)
     axis.set_xticks(range(1, len(methods) + 1), methods)
-    for position, points in enumerate(values, start=1):
-        axis.plot(np.full(points.size, position) + np.linspace(-0.1, 0.1, points.size), points, "o", alpha=0.6)
-    axis.set_ylabel(f"mean {measure} over labels")
-    axis.set_title(f"{measure} per method (one dot per subject)")
+    dots = max((v.size for v in values), default=0) <= MAX_DOTS
+    if dots:
+        for position, points in enumerate(values, start=1):
+            axis.plot(np.full(points.size, position) + np.linspace(-0.1, 0.1, points.size), points, "o", alpha=0.6)
+    word = _WORDS.get(measure, measure)
+    axis.set_ylabel(f"mean {word} over labels")
+    axis.set_title(f"{word} per method ({'one dot per subject' if dots else 'boxes over the subjects'})")
     axis.grid(axis="y", alpha=0.3)
     _save(figure, path)
 
 
-def region_boxplot(labels: pd.DataFrame, path: str | os.PathLike, measure: str = "dice") -> None:
-    """Boxes of ``measure`` over subjects, per region (rows) and method (colours)."""
+def region_profile(labels: pd.DataFrame, path: str | os.PathLike, measure: str = "dice") -> None:
+    """Mean ``measure`` over subjects of every region, a line per method, the regions sorted by
+    their mean over the methods (the hardest on the left): one size whatever the number of
+    regions (their names are in the per-region table, in the same order)."""
     methods = [m for m in ordered_methods(labels["method"].unique()) if m != "original"]
-    names = labels[["label", "name"]].drop_duplicates().sort_values("label")
-    regions = [n if isinstance(n, str) and n else str(label) for label, n in zip(names["label"], names["name"])]
-    figure = Figure(figsize=(8, 0.25 * len(regions) * max(1, len(methods)) ** 0.5 + 2))
+    means = labels[labels["method"].isin(methods)].groupby(["label", "method"])[measure].mean().unstack("method")
+    means = means[methods]
+    means = means.loc[means.mean(axis=1).sort_values().index]
+    figure = Figure(figsize=(9, 4))
     axis = figure.subplots()
-    width = 0.8 / max(1, len(methods))
-    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    for index, method in enumerate(methods):
-        chosen = labels[labels["method"] == method]
-        values = [chosen.loc[chosen["label"] == label, measure].dropna().to_numpy(float) for label in names["label"]]
-        positions = np.arange(len(regions)) + (index - (len(methods) - 1) / 2) * width
-        boxes = axis.boxplot(values, positions=positions, widths=width * 0.9, orientation="horizontal", patch_artist=True,
-                             showfliers=False, manage_ticks=False)
-        for box in boxes["boxes"]:
-            box.set_facecolor(colours[index % len(colours)])
-        axis.plot([], [], "s", color=colours[index % len(colours)], label=method)
-    axis.set_yticks(range(len(regions)), regions, fontsize=7)
-    axis.set_ylim(len(regions) - 0.5, -0.5)  # the first label on top
-    axis.set_xlabel(measure)
-    axis.legend(loc="lower left", fontsize=8)
-    axis.set_title(f"{measure} per region (boxes over subjects)")
+    for method in methods:
+        axis.plot(np.arange(len(means)), means[method].to_numpy(float), ".-", linewidth=1, markersize=4, label=method)
+    word = _WORDS.get(measure, measure)
+    axis.set_xlabel(f"the {len(means)} regions, sorted by their mean {word} over the methods")
+    axis.set_ylabel(f"mean {word} over subjects")
+    axis.set_title(f"{word} per region")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper left", fontsize=8, ncol=min(4, max(1, len(methods))))
     _save(figure, path)
 
 
-def overlay(fixed: np.ndarray, before: np.ndarray, after: np.ndarray, path: str | os.PathLike, title: str) -> None:
-    """Fixed image (green) and moving image (magenta) before and after registration, in three
-    orthogonal mid-slices through the fixed brain; aligned structures look grey."""
-    def normalised(volume: np.ndarray) -> np.ndarray:
-        high = np.percentile(volume[volume > 0], 99) if np.any(volume > 0) else 1.0
-        return np.clip(volume / max(high, 1e-6), 0, 1)
+def _normalised(volume: np.ndarray) -> np.ndarray:
+    volume = np.asarray(volume, dtype=np.float32)
+    high = np.percentile(volume[volume > 0], 99) if np.any(volume > 0) else 1.0
+    return np.clip(volume / max(high, 1e-6), 0, 1)
 
-    fixed, before, after = (normalised(np.asarray(v, dtype=np.float32)) for v in (fixed, before, after))
+
+def _outline(labels: np.ndarray) -> np.ndarray:
+    """Where a 2D label map changes from one pixel to the next (inside the labelled region)."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    edge[1:, :] |= labels[1:, :] != labels[:-1, :]
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    return edge & (labels > 0)
+
+
+def overlay(fixed: np.ndarray, moving: dict[str, np.ndarray], path: str | os.PathLike, title: str,
+            fixed_labels: np.ndarray | None = None) -> None:
+    """The fixed image (green) and the moving one (magenta) on the same three orthogonal slices
+    through the fixed brain, a column for each entry of ``moving`` (before registration, then
+    after each method, all on the fixed grid), with the fixed image's label outlines (yellow)
+    where given; aligned structures look grey."""
+    fixed = _normalised(fixed)
     centre = [int(round(c)) for c in np.argwhere(fixed > 0.1).mean(0)] if np.any(fixed > 0.1) else [s // 2 for s in fixed.shape]
-    figure = Figure(figsize=(9, 6))
-    axes = figure.subplots(2, 3)
-    for row, (moving, label) in enumerate(((before, "before"), (after, "after"))):
-        for column in range(3):
+    figure = Figure(figsize=(2.2 * len(moving), 6.6))
+    axes = figure.subplots(3, len(moving), squeeze=False)
+    for column, (name, image) in enumerate(moving.items()):
+        image = _normalised(image)
+        for row in range(3):
             index = [slice(None)] * 3
-            index[column] = centre[column]
-            green, magenta = fixed[tuple(index)], moving[tuple(index)]
+            index[row] = centre[row]
+            green, magenta = fixed[tuple(index)], image[tuple(index)]
             rgb = np.stack([magenta, green, magenta], -1)
+            if fixed_labels is not None:
+                rgb[_outline(fixed_labels[tuple(index)])] = _OUTLINE
             axes[row, column].imshow(np.rot90(rgb), interpolation="nearest")
             axes[row, column].set_axis_off()
-        axes[row, 0].set_title(label, loc="left", fontsize=9)
+        axes[0, column].set_title(name, fontsize=9)
     figure.suptitle(title, fontsize=10)
     _save(figure, path)

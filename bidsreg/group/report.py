@@ -19,13 +19,18 @@ from ..errors import MissingInputError
 from ..methods.table import TABLE
 from ..provenance import versions as package_versions
 from .collect import collect
-from .figures import method_boxplot, overlay, region_boxplot
+from .figures import method_boxplot, overlay, region_profile
 from .requests import REQUEST_COLUMNS, describe, read_requests, reconcile
 from .tables import cnn_stages, label_table, method_table, ordered_methods, qc_flags, shared_images, wilcoxon_table
 
 __all__ = ["run_group"]
 
 LOGGER = logging.getLogger("bidsreg")
+#: The most images the report shows overlays of.
+MAX_OVERLAYS = 5
+#: The most rows of a QC list in the report (the TSV tables hold them all).
+MAX_LISTED = 20
+_IDENTITY = ["subject", "session", "run"]
 #: Sidecar parameters naming the software (and its version) that ran a method.
 _VERSION_KEYS = ("antspyx", "simpleitk", "elastix")
 
@@ -53,32 +58,96 @@ def _display(methods: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
+def _display_stages(stages: pd.DataFrame) -> pd.DataFrame:
+    """The CNN-stage table with readable columns: mean ± sd strings."""
+    if stages.empty:
+        return stages
+    shown = stages[["seg", "stage", "method", "n"]].copy()
+    for measure, title in (("dice", "Dice"), ("jaccard", "Jaccard")):
+        shown[title] = _mean_sd(stages, measure, 3)
+    return shown
+
+
+def _fixed_images(output_dir: Path, subjects: pd.DataFrame) -> list[str]:
+    """The fixed images as the participant runs were given them (``sub-01``, or a file's path),
+    from the transforms' sidecars (``SpatialReference``), with the space label of the
+    derivatives' names; the space labels alone where no sidecar says."""
+    named = {}
+    for path in sorted(output_dir.glob("sub-*/**/anat/*_from-T1w_*_xfm.json")):
+        sidecar = json.loads(path.read_text())
+        if sidecar.get("SpatialReference") and sidecar.get("Space"):
+            named.setdefault(sidecar["Space"], sidecar["SpatialReference"])
+    return [f"{named[space]} (space-{space})" if space in named else f"space-{space}"
+            for space in sorted(subjects["space"].dropna().unique())]
+
+
+def _overlay_images(subjects: pd.DataFrame) -> list[tuple]:
+    """The images (subject, session, run) the report shows overlays of: all of them up to
+    :data:`MAX_OVERLAYS`, else those with the lowest mean Dice over the methods (what QC looks
+    at first)."""
+    registered = subjects[subjects["method"] != "original"]
+    means = registered.groupby(_IDENTITY, dropna=False)["dice"].mean()
+    order = means.sort_values(na_position="last", kind="stable") if means.notna().any() else means.sort_index()
+    return list(order.index[:MAX_OVERLAYS])
+
+
 def _overlays(output_dir: Path, figures: Path, subjects: pd.DataFrame) -> list[Path]:
-    """A before/after overlay per subject, for the CNN when it ran (else the first method)."""
+    """Before/after overlays of every method side by side, with the fixed label outlines, for
+    the images of :func:`_overlay_images`."""
     from ..image import load_volume
     from ..transform import Transform
 
-    registered = [m for m in ordered_methods(subjects["method"].unique()) if m not in ("original", "cnnaffine")]
-    if not registered:
-        return []
-    method = "cnn" if "cnn" in registered else registered[0]
-    out, fixed_images = [], {}  # one fixed image for every subject, usually: read it once
-    for warped in sorted(output_dir.glob(f"sub-*/**/anat/*_desc-{method}_T1w.nii.gz")):
-        sidecar = json.loads(sidecar_path(warped).read_text())
+    out, volumes = [], {}  # one fixed image (and label map) for every subject, usually: read once
+
+    def volume(path: str, labels: bool = False):
+        if path not in volumes:
+            volumes[path] = load_volume(path, labels=labels)
+        return volumes[path]
+
+    for key in _overlay_images(subjects):
+        identity = {entity: value for entity, value in zip(_IDENTITY, key) if pd.notna(value) and value != ""}
+        warped = {}
+        for path in sorted(output_dir.glob(f"sub-{identity['subject']}/**/anat/*_T1w.nii.gz")):
+            entities = parse_name(path.name)
+            if all(entities.get(entity) == identity.get(entity) for entity in _IDENTITY) and "desc" in entities:
+                warped[entities["desc"]] = path
+        warped = {method: warped[method] for method in ordered_methods(warped)}
+        name = "_".join(f"{entity[:3]}-{value}" for entity, value in identity.items())
+        if not warped:
+            continue
+        sidecar = json.loads(sidecar_path(next(iter(warped.values()))).read_text())
         fixed_path, sources = sidecar.get("FixedImage"), sidecar.get("Sources", [])
         if not fixed_path or not sources or not Path(fixed_path).is_file() or not Path(sources[0]).is_file():
-            LOGGER.warning("%s: no overlay (its fixed or source image is no longer where the sidecar says)", warped)
+            LOGGER.warning("%s: no overlay (its fixed or source image is no longer where the sidecars say)", name)
             continue
-        if fixed_path not in fixed_images:
-            fixed_images[fixed_path] = load_volume(fixed_path)
-        fixed, moving, after = fixed_images[fixed_path], load_volume(sources[0]), load_volume(warped)
-        before = Transform(np.eye(4)).apply(moving, fixed.grid)
-        entities = parse_name(warped.name)
-        name = "_".join(f"{key[:3]}-{entities[key]}" for key in ("subject", "session", "run") if key in entities)
-        target = figures / f"{name}_desc-{method}_overlay.png"
-        overlay(fixed.data, before, after.data, target, f"{name}: fixed (green) and moving (magenta), {method}")
+        fixed = volume(fixed_path)
+        labels_path = next((json.loads(p.read_text()).get("FixedLabels") for p in
+                            sorted(output_dir.glob(f"sub-{identity['subject']}/**/anat/{name}_*_overlap.json"))), None)
+        fixed_labels = volume(labels_path, labels=True).data if labels_path and Path(labels_path).is_file() else None
+        moving = {"before": Transform(np.eye(4)).apply(load_volume(sources[0]), fixed.grid)}
+        moving.update({method: load_volume(path).data for method, path in warped.items()})
+        target = figures / f"{name}_overlay.png"
+        overlay(fixed.data, moving, target, f"{name}: fixed (green) and moving (magenta)"
+                + (", fixed label outlines (yellow)" if fixed_labels is not None else ""), fixed_labels)
         out.append(target)
     return out
+
+
+def _sorted_regions(per_label: pd.DataFrame) -> pd.DataFrame:
+    """The per-region table, each label set's regions from the lowest mean Dice over the
+    methods to the highest (the order of the per-region figure)."""
+    if per_label.empty:
+        return per_label
+    methods = [c for c in per_label.columns if c not in ("seg", "label", "name", "original")]
+    mean = per_label[methods].mean(axis=1)
+    return per_label.assign(_mean=mean).sort_values(["seg", "_mean"], kind="stable").drop(columns="_mean")
+
+
+def _worst(subjects: pd.DataFrame, count: int = MAX_LISTED) -> pd.DataFrame:
+    """The ``count`` registrations with the lowest Dice: what QC looks at first."""
+    registered = subjects[(subjects["method"] != "original") & subjects["dice"].notna()]
+    columns = [c for c in ("subject", "session", "run", "method", "seg", "dice") if registered[c].notna().any()]
+    return registered.nsmallest(count, "dice")[columns]
 
 
 def _figure(path: Path) -> dict:
@@ -126,7 +195,7 @@ def _boilerplate(output_dir: Path, subjects: pd.DataFrame, versions: dict) -> st
     for path in sorted(output_dir.glob("sub-*/**/anat/*_from-T1w_*_xfm.json")):
         sidecar = json.loads(path.read_text())
         parameters.setdefault(sidecar.get("method"), sidecar.get("parameters", {}))
-    fixed = ", ".join(sorted(subjects["space"].dropna().unique())) or "the fixed image"
+    fixed = ", ".join(_fixed_images(output_dir, subjects)) or "the fixed image"
     n = subjects[["subject", "session", "run"]].drop_duplicates().shape[0]
     text = [
         f"{n} T1-weighted image(s) were registered to {fixed} with bidsreg {versions.get('bidsreg', '')} "
@@ -208,21 +277,25 @@ def run_group(output_dir: str | os.PathLike, allow_missing: bool = False) -> Pat
     images = []
     if subjects["dice"].notna().any():
         method_boxplot(subjects, figures / "dice_per_method.png")
-        region_boxplot(labels, figures / "dice_per_region.png")
+        region_profile(labels, figures / "dice_per_region.png")
         images += [figures / "dice_per_method.png", figures / "dice_per_region.png"]
     overlays = _overlays(output_dir, figures, subjects)
     versions = package_versions()
     flagged = qc[qc["qc"] != "ok"]
-    unstripped = subjects[(subjects["method"] != "original") & (subjects["skull_stripped"] != True)]  # noqa: E712
+    unstripped = sorted({f"sub-{s}" for s in subjects[(subjects["method"] != "original")
+                                                       & (subjects["skull_stripped"] != True)]["subject"]})  # noqa: E712
     environment = Environment(loader=FileSystemLoader(REPORT_TEMPLATE.parent), autoescape=select_autoescape(["html"]))
     page = environment.get_template(REPORT_TEMPLATE.name).render(
         n_images=len(subjects[["subject", "session", "run"]].drop_duplicates()),
         methods=ordered_methods(subjects["method"].unique()),
-        spaces=sorted(subjects["space"].dropna().unique()),
-        unstripped=sorted({f"sub-{s}" for s in unstripped["subject"]}),
-        tables={"stages": _table(stages), "methods": _table(_display(methods)), "tests": _table(tests),
-                "flagged": _table(flagged) if not flagged.empty else "", "labels": _table(per_label),
-                "missing": _table(missing) if not missing.empty else ""},
+        fixed=_fixed_images(output_dir, subjects),
+        unstripped=unstripped[:MAX_LISTED], more_unstripped=max(len(unstripped) - MAX_LISTED, 0),
+        tables={"stages": _table(_display_stages(stages)), "methods": _table(_display(methods)), "tests": _table(tests),
+                "flagged": _table(flagged.head(MAX_LISTED)) if not flagged.empty else "",
+                "worst": _table(_worst(subjects)) if subjects["dice"].notna().any() else "",
+                "labels": _table(_sorted_regions(per_label)),
+                "missing": _table(missing.head(MAX_LISTED)) if not missing.empty else ""},
+        more_flagged=max(len(flagged) - MAX_LISTED, 0), more_missing=max(len(missing) - MAX_LISTED, 0),
         left_out=len(subjects) - len(shared),
         figures=[_figure(p) for p in images],
         overlays=[_figure(p) for p in overlays],

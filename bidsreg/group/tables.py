@@ -75,7 +75,10 @@ def label_table(labels: pd.DataFrame) -> pd.DataFrame:
 
 def wilcoxon_table(subjects: pd.DataFrame, measure: str = "dice") -> pd.DataFrame:
     """Paired two-sided Wilcoxon signed-rank tests of ``measure`` between every two methods,
-    on the subjects both have (``p`` is NaN with fewer than two pairs or no difference)."""
+    on the subjects both have (``p`` is NaN with fewer than two pairs or no difference).
+
+    ``smallest_p`` is the lowest p the exact test can give with ``n`` pairs, 2 / 2ⁿ (n = 3:
+    0.25; n = 6: 0.031): with few subjects no difference can be significant, however large."""
     rows = []
     for seg, group in subjects.dropna(subset=[measure]).groupby(subjects["seg"].fillna("")):
         wide = _filled(group).pivot_table(index=_IDENTITY, columns="method", values=measure)
@@ -89,9 +92,10 @@ def wilcoxon_table(subjects: pd.DataFrame, measure: str = "dice") -> pd.DataFram
             rows.append({
                 "seg": seg or None, "measure": measure, "method_a": first, "method_b": second, "n": len(pair),
                 "median_b_minus_a": float(difference.median()) if len(pair) else np.nan,
-                "statistic": statistic, "p": p,
+                "statistic": statistic, "p": p, "smallest_p": 2.0 ** (1 - len(pair)) if len(pair) >= 2 else np.nan,
             })
-    return pd.DataFrame(rows, columns=["seg", "measure", "method_a", "method_b", "n", "median_b_minus_a", "statistic", "p"])
+    return pd.DataFrame(rows, columns=["seg", "measure", "method_a", "method_b", "n", "median_b_minus_a", "statistic", "p",
+                                       "smallest_p"])
 
 
 def _filled(table: pd.DataFrame) -> pd.DataFrame:

@@ -282,8 +282,9 @@ def _add_overlap(workflow: pe.Workflow, inputnode: pe.Node, *, fixed: FixedImage
     overlap = pe.Node(LabelOverlap(fixed_labels=str(fixed.labels)), name="overlap")
     if fixed.lut is not None:
         overlap.inputs.lut = str(fixed.lut)
+    measured = {**sink, "metadata": {**sink["metadata"], "FixedLabels": str(fixed.labels)}}
     ds_overlap = pe.Node(DerivativesSink(
-        entities={**entities, "segmentation": seg}, suffix="overlap", extension=".tsv", **sink
+        entities={**entities, "segmentation": seg}, suffix="overlap", extension=".tsv", **measured
     ), name="ds_overlap")
     workflow.connect([
         (inputnode, warp_labels, [("labels", "in_file")]),

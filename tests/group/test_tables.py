@@ -49,6 +49,7 @@ def test_wilcoxon_matches_scipy_on_the_paired_subjects(subjects):
     expected = wilcoxon(b, a)
     row = tests.loc[("cnnaffine", "antssyn")]
     assert row["p"] == pytest.approx(expected.pvalue) and row["n"] == 6
+    assert row["smallest_p"] == pytest.approx(1 / 32) and row["p"] >= row["smallest_p"]  # 6 pairs: 2 / 2**6
     assert row["median_b_minus_a"] == pytest.approx(np.median(b - a))
 
 
