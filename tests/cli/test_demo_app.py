@@ -109,6 +109,6 @@ def test_demo_report_shows_figures_and_tables_in_a_browser(demo):
     comparison = tables["Method comparison (mean ± sd over subjects)"]
     assert comparison["rows"] == 5 and "Dice" in comparison["header"]  # original + the 4 methods
     assert tables["CNN: original / global / registered"]["rows"] == 3
-    assert tables["Per label (mean Dice over subjects)"]["rows"] > 50
+    assert tables["Per region (mean Dice over subjects, the hardest first)"]["rows"] > 50
     assert "Methods" in page.headings and "Before / after" in page.headings
     assert page.screenshot[:4] == b"\x89PNG"
