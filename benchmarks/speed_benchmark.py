@@ -1,11 +1,13 @@
 """Speed and memory of registering one 1 mm pair, and of a training step, on the CPU.
 
-The registration is timed from loading the two NIfTI files to the forward and inverse
-composite transforms (.h5) and the warped image written (interpreter start-up and model
-loading excluded), as the median of ``--repeats`` runs. Peak memory is the process's
-maximum resident set size. The pair is OASIS-TRT-20 sub-10 -> sub-09 when that data is
-found, else a synthetic 256x256x160 pair; weights do not change the speed, so an untrained
-model of the default architecture is used unless ``--model`` is given.
+The registration is timed from loading the two NIfTI files to the derivatives written: the
+forward and inverse composite transforms (.h5, compact: the field on the network grid), the
+moving T1w and its label map warped onto the fixed grid (interpreter start-up and model
+loading excluded), as the median of ``--repeats`` runs, with the seconds of each step. Peak
+memory is the process's maximum resident set size. The pair is OASIS-TRT-20 sub-10 -> sub-09
+(with sub-10's DKT31aseg labels) when that data is found, else a synthetic 256x256x160 pair
+(its labels: intensity bands); weights do not change the speed, so an untrained model of the
+default architecture is used unless ``--model`` is given.
 
     python benchmarks/speed_benchmark.py [--threads 2] [--repeats 3] [--model CKPT]
         [--global-instance-steps N]
@@ -26,9 +28,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, oasis_dir, t1w, write_json  # noqa: E402
+from common import REPO, labels, oasis_dir, t1w, write_json  # noqa: E402
 
-from bidsreg.image import load_volume, save_volume  # noqa: E402
+from bidsreg.image import load_grid, load_volume, save_volume  # noqa: E402
 from bidsreg.methods.cnn import register_pair  # noqa: E402
 from bidsreg.methods.training import train_model  # noqa: E402
 from bidsreg.nn.checkpoint import load_checkpoint  # noqa: E402
@@ -36,10 +38,11 @@ from bidsreg.nn.model import RegistrationModel  # noqa: E402
 from bidsreg.nn.train import TrainConfig  # noqa: E402
 
 
-def _pair(tmp: Path) -> tuple[Path, Path, str]:
+def _pair(tmp: Path) -> tuple[Path, Path, Path, str]:
+    """Fixed and moving T1w, the moving one's labels, and what they are."""
     try:
         data = oasis_dir()
-        return t1w(data, "09"), t1w(data, "10"), "OASIS-TRT-20 sub-10 -> sub-09"
+        return t1w(data, "09"), t1w(data, "10"), labels(data, "10"), "OASIS-TRT-20 sub-10 -> sub-09"
     except SystemExit:
         rng = np.random.default_rng(0)
         grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in (256, 256, 160)], indexing="ij"))
@@ -50,17 +53,27 @@ def _pair(tmp: Path) -> tuple[Path, Path, str]:
             path = tmp / f"{name}.nii.gz"
             save_volume(path, brain.astype(np.float32), np.diag([1.0, 1.0, 1.0, 1.0]))
             paths.append(path)
-        return paths[0], paths[1], "synthetic 256x256x160 pair"
+        save_volume(tmp / "labels.nii.gz", (brain // 40).astype(np.int16), np.eye(4))
+        return paths[0], paths[1], tmp / "labels.nii.gz", "synthetic 256x256x160 pair"
 
 
-def _time_registration(model, fixed: Path, moving: Path, out: Path, global_steps: int) -> dict:
+def _time_registration(model, fixed: Path, moving: Path, moving_labels: Path, out: Path, global_steps: int) -> dict:
+    steps = {}
     tick = time.perf_counter()
     result = register_pair(fixed, moving, model, inverse=True, global_instance_steps=global_steps)
+    steps.update(result.steps)
+    tock = time.perf_counter()
     result.transform.write(out / "fwd.h5", out / "inv.h5")
-    grid = result.transform.field_grid
-    save_volume(out / "warped.nii.gz", result.transform.apply(load_volume(moving), grid), grid.affine)
-    total = time.perf_counter() - tick
-    return {"total": total, **result.steps, "write_and_warp": total - sum(result.steps.values())}
+    steps["write transforms"] = time.perf_counter() - tock
+    grid = load_grid(fixed)
+    for name, path, nearest in (("T1w", moving, False), ("labels", moving_labels, True)):
+        tock = time.perf_counter()
+        warped = result.transform.apply(load_volume(path, labels=nearest), grid, nearest=nearest)
+        steps[f"warp {name}"] = time.perf_counter() - tock
+        tock = time.perf_counter()
+        save_volume(out / f"warped_{name}.nii.gz", warped, grid.affine)
+        steps[f"write {name}"] = time.perf_counter() - tock
+    return {"total": time.perf_counter() - tick, **steps}
 
 
 def main(argv=None) -> int:
@@ -73,12 +86,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        fixed, moving, what = _pair(tmp)
+        fixed, moving, moving_labels, what = _pair(tmp)
         checkpoint = Path(args.model) if args.model else tmp / "untrained.pt"
         if not args.model:
             train_model([fixed, moving], checkpoint, TrainConfig(affine_steps=0, deformable_steps=0), device="cpu", progress=False)
         model = RegistrationModel.from_checkpoint(checkpoint, "cpu")
-        runs = [_time_registration(model, fixed, moving, tmp, args.global_instance_steps) for _ in range(args.repeats)]
+        runs = [_time_registration(model, fixed, moving, moving_labels, tmp, args.global_instance_steps)
+                for _ in range(args.repeats)]
         peak_register = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
         step_times = {}

@@ -18,11 +18,13 @@ from .atomic import atomic_output
 from .methods.base import Context, config_parameters
 from .nn.train import TrainConfig
 
-__all__ = ["Config", "MAX_DEFAULT_THREADS", "usable_cpus", "write_config"]
+__all__ = ["Config", "MAX_DEFAULT_THREADS", "OUTPUT_RESOLUTIONS", "usable_cpus", "write_config"]
 
 #: The most threads a registration gets by default (torch and ANTs gain little beyond, and the
 #: rest of the CPUs run other subjects side by side).
 MAX_DEFAULT_THREADS = 8
+#: Grids the deformable transforms may be written on (``--output-resolution``).
+OUTPUT_RESOLUTIONS = ("compact", "full")
 
 
 def usable_cpus(environ: Mapping[str, str] = os.environ) -> int:
@@ -63,6 +65,10 @@ class Config:
     labels_desc : str or None
     masks : Path or None
         Derivatives dataset of brain masks.
+    output_resolution : str
+        One of :data:`OUTPUT_RESOLUTIONS`: the grid of the deformable transforms written
+        (``compact``: each method's own, see :attr:`bidsreg.methods.table.Method.field_spacing`;
+        ``full``: the fixed image's).
     methods : tuple of str
         Names of :data:`bidsreg.methods.table.TABLE`.
     method_configs : dict
@@ -106,6 +112,7 @@ class Config:
     labels: Path | None = None
     labels_desc: str | None = None
     masks: Path | None = None
+    output_resolution: str = "compact"
     methods: tuple[str, ...] = ("cnn",)
     method_configs: dict[str, Any] = field(default_factory=dict)
     affine_steps: int = TrainConfig.affine_steps
@@ -125,6 +132,9 @@ class Config:
     recipe: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.output_resolution not in OUTPUT_RESOLUTIONS:
+            raise ValueError(f"output_resolution must be one of {', '.join(OUTPUT_RESOLUTIONS)}, "
+                             f"got {self.output_resolution!r}")
         if self.omp_nthreads is None:
             object.__setattr__(self, "omp_nthreads", min(self.nprocs, MAX_DEFAULT_THREADS))
 

@@ -17,8 +17,8 @@ from nibabel.affines import voxel_sizes
 
 from .atomic import atomic_output
 
-__all__ = ["Grid", "Volume", "check_affine", "check_brain", "foreground_extent", "load_volume", "same_grid",
-           "save_volume"]
+__all__ = ["Grid", "Volume", "check_affine", "check_brain", "foreground_extent", "load_grid", "load_volume",
+           "same_grid", "save_volume"]
 
 #: Largest accepted ratio between the longest and the shortest voxel side.
 MAX_ANISOTROPY = 5.0
@@ -38,6 +38,28 @@ class Grid:
 
     shape: tuple[int, int, int]
     affine: np.ndarray
+
+    def at_spacing(self, spacing: float) -> "Grid":
+        """The grid of the same orientation and centre with cubic voxels of ``spacing`` mm that
+        covers this one (its outer voxel faces; itself when its voxels are that size already).
+
+        Raises
+        ------
+        ValueError
+            For a spacing that is not a positive number.
+        """
+        if not spacing > 0:
+            raise ValueError(f"a grid spacing must be positive, got {spacing!r}")
+        sizes = voxel_sizes(self.affine)
+        if np.allclose(sizes, spacing, rtol=1e-6):
+            return self
+        directions = self.affine[:3, :3] / sizes
+        shape = tuple(int(np.ceil(n * s / spacing - 1e-6)) for n, s in zip(self.shape, sizes))
+        centre = self.affine[:3, :3] @ ((np.array(self.shape) - 1) / 2.0) + self.affine[:3, 3]
+        affine = np.eye(4)
+        affine[:3, :3] = directions * spacing
+        affine[:3, 3] = centre - affine[:3, :3] @ ((np.array(shape) - 1) / 2.0)
+        return Grid(shape, affine)
 
 
 @dataclass(frozen=True)
@@ -71,6 +93,12 @@ class Volume:
     def grid(self) -> Grid:
         """Its voxel grid."""
         return Grid(self.shape, self.affine)
+
+
+def load_grid(path: str | os.PathLike) -> Grid:
+    """The voxel grid of a NIfTI image that :func:`load_volume` accepts, from its header alone."""
+    image = nb.load(str(path))
+    return Grid(tuple(int(n) for n in image.shape[:3]), np.asarray(image.affine, dtype=np.float64))
 
 
 def load_volume(path: str | os.PathLike, *, labels: bool = False) -> Volume:

@@ -2,11 +2,13 @@
 
 A :class:`Transform` maps FIXED world points to MOVING world points::
 
-    T(x) = affine @ (x + displacement(x))           # displacement on its own grid (the fixed one)
+    T(x) = affine @ (x + displacement(x))           # displacement on its own grid, in fixed space
     T^-1(y) = z + inverse_displacement(z),  z = affine^-1 @ y
 
-and the moving image warped onto the fixed grid is ``W(v) = moving(T(world(v)))``. Every
-method of bidsreg returns one; it is applied to images and points with SimpleITK (as
+and the moving image warped onto the fixed grid is ``W(v) = moving(T(world(v)))``. The fields
+lie on a grid of fixed space (the network's 2 mm grid for the CNN, the fixed image's for ANTs)
+and are zero beyond it, as ITK applies them. Every method of bidsreg returns one; it is
+applied to images and points with SimpleITK (as
 ``antsApplyTransforms`` applies the ``.h5`` files it is written to), and read and written by
 :mod:`bidsreg.itk`, the only module that knows the LPS frame of ITK.
 """
@@ -18,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import itk
-from .image import Grid, Volume, check_affine
+from .image import Grid, Volume, check_affine, load_grid
 
-__all__ = ["Transform"]
+__all__ = ["Transform", "output_transform"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,7 +38,7 @@ class Transform:
     inverse_displacement : numpy.ndarray or None
         (X, Y, Z, 3) float32 RAS+ mm on the same grid (see the module docstring).
     field_affine : numpy.ndarray or None
-        (4, 4) voxel -> RAS+ mm of the fields' grid (the fixed image's); required with a field.
+        (4, 4) voxel -> RAS+ mm of the fields' grid (a grid of fixed space); required with a field.
     """
 
     affine: np.ndarray
@@ -64,6 +66,22 @@ class Transform:
         if self.displacement is None:
             return None
         return Grid(tuple(int(n) for n in self.displacement.shape[:3]), self.field_affine)
+
+    def on_grid(self, grid: Grid) -> "Transform":
+        """The same transform with its fields carried onto ``grid`` (trilinear; itself when it
+        has no field or its fields are on that grid already).
+
+        The vectors are sampled, not transformed (both grids are grids of fixed space); beyond
+        the fields' own grid the nearest vector is taken, so a coarse grid that covers the
+        fixed image's outer voxel faces keeps the field up to them.
+        """
+        field_grid = self.field_grid
+        if field_grid is None or (field_grid.shape == tuple(grid.shape)
+                                  and np.allclose(field_grid.affine, grid.affine, atol=1e-6)):
+            return self
+        fields = [None if f is None else itk.resample_field(f, self.field_affine, grid.shape, grid.affine)
+                  for f in (self.displacement, self.inverse_displacement)]
+        return Transform(self.affine, *fields, grid.affine)
 
     def apply(self, moving: Volume, reference: Grid, *, nearest: bool = False, fill: float = 0) -> np.ndarray:
         """Warp a moving image (or label map, ``nearest``) onto the fixed grid ``reference``.
@@ -123,6 +141,31 @@ class Transform:
     def _sitk(self, inverse: bool):
         field = self.inverse_displacement if inverse else self.displacement
         return itk.sitk_transform(self.affine, field, self.field_affine, inverse=inverse)
+
+
+def output_transform(transform: Transform, fixed: str | os.PathLike, spacing: float | None,
+                     resolution: str = "compact") -> Transform:
+    """A method's transform on the grid it is written on.
+
+    Parameters
+    ----------
+    transform : Transform
+        As the method computed it.
+    fixed : path-like
+        The fixed image (its grid).
+    spacing : float or None
+        The method's compact spacing (:attr:`bidsreg.methods.table.Method.field_spacing`): the
+        fields go onto the grid of cubic voxels of this size covering the fixed image; None
+        keeps the grid the method computed them on.
+    resolution : str
+        ``compact`` as above, or ``full``: the fixed image's grid whatever the method's.
+    """
+    if resolution not in ("compact", "full"):
+        raise ValueError(f"resolution must be compact or full, got {resolution!r}")
+    if not transform.deformable or (resolution == "compact" and spacing is None):
+        return transform
+    grid = load_grid(fixed)
+    return transform.on_grid(grid if resolution == "full" else grid.at_spacing(spacing))
 
 
 def _resample(image: Volume, reference: Grid, transform, nearest: bool, fill: float) -> np.ndarray:

@@ -22,6 +22,8 @@ def test_a_config_is_frozen_and_hands_down_its_parts(tmp_path):
     assert config.context == Context(seed=7, threads=3, device="cpu")
     assert config.work == tmp_path / "out" / "work" and config.replace(work_dir=tmp_path / "w").work == tmp_path / "w"
     assert config.seg == "DKT31aseg" and config.replace(labels_desc=None).seg == "labels"
+    with pytest.raises(ValueError, match="compact, full"):
+        config.replace(output_resolution="1mm")
 
 
 def test_the_stored_config_is_json_with_each_method_configuration(tmp_path):

@@ -20,7 +20,7 @@ from typing import NoReturn, Sequence
 
 from .. import __version__
 from .. import exit_codes
-from ..config import MAX_DEFAULT_THREADS, Config, usable_cpus
+from ..config import MAX_DEFAULT_THREADS, OUTPUT_RESOLUTIONS, Config, usable_cpus
 from ..data import DEFAULT_MODEL
 from ..methods.table import TABLE, all_methods, method_configs, method_names, options
 from ..nn.train import TrainConfig
@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                           + ", ".join(m.name for m in TABLE.values() if not m.in_all) + "; default: cnnio): " + "; ".join(f"{m.name} ({m.summary})" for m in TABLE.values())
                           + ". At the train level: the networks to train, "
                           + " and/or ".join(m.name for m in TABLE.values() if m.network))
+    reg.add_argument("--output-resolution", choices=OUTPUT_RESOLUTIONS, default="compact",
+                     help="grid of the deformable transforms written: compact (default: the grid that fits each "
+                          "method's field, the network's 2 mm grid for the CNN; float32, compressed, about 20 MB a "
+                          "direction) or full (the fixed image's grid, as ANTs writes them: 10 times larger)")
     reg.add_argument("--recipe", type=Path, metavar="PATH", help="TOML file of option values (see workflows/)")
 
     parameters = parser.add_argument_group("parameters of the methods")

@@ -293,7 +293,8 @@ def run_participant(config: Config) -> int:
         names[name] = "_".join(f"{key[:3]}-{item.entities[key]}" for key in ("subject", "session", "run")
                                if item.entities.get(key) is not None)
         workflow.add_nodes([init_participant_wf(t1w=item, fixed=fixed, methods=methods, context=config.context,
-                                                output_dir=config.output_dir, seg=config.seg, name=name)])
+                                                output_dir=config.output_dir, output_resolution=config.output_resolution,
+                                                seg=config.seg, name=name)])
     registrations = len(inputs) * sum(len(TABLE[name].stages) for name in config.methods)
     plugin_args = {"status_callback": _Progress(names, registrations), **config.plugin_args}
     plugin = config.plugin

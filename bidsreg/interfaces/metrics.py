@@ -67,9 +67,11 @@ class JacobianStats(SimpleInterface):
         transform = Transform.read(self.inputs.transform)
         if not transform.deformable:
             raise ValueError(f"{self.inputs.transform}: an affine transform has no Jacobian map to measure")
-        field_affine = transform.field_affine
         reference = load_volume(self.inputs.mask if self.inputs.mask else self.inputs.reference, labels=bool(self.inputs.mask))
-        det = world_jacobian_determinant(transform.displacement, field_affine).astype(np.float32)
+        # The map as it is applied to the fixed grid's voxels, whatever grid its field is stored on.
+        field_affine = reference.affine
+        displacement = transform.on_grid(reference.grid).displacement
+        det = world_jacobian_determinant(displacement, field_affine).astype(np.float32)
         stats = jacobian_stats(det, reference.data > 0)
         cwd = os.getcwd()
         self._results["out_file"] = os.path.join(cwd, "jacobian.nii.gz")

@@ -4,7 +4,8 @@ Each method writes the same outputs, so that every branch of the participant wor
 the same apply and metrics nodes: ``forward_transform`` (ITK composite ``.h5``, fixed -> moving
 points: warps the moving image onto the fixed one), ``inverse_transform`` (moving -> fixed
 points: brings fixed-space images such as atlas labels onto the moving image) and ``report``
-(JSON: method, seconds of the registration itself, peak memory, parameters).
+(JSON: method, seconds of the registration itself, peak memory, parameters, and for a field the
+grid it is written on: see :func:`bidsreg.transform.output_transform`).
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ class _RegistrationInputSpec(BaseInterfaceInputSpec):
     seed = traits.Int(0, usedefault=True, desc="random seed")
     num_threads = traits.Int(1, usedefault=True, desc="CPU threads")
     device = traits.Enum("auto", "cpu", "cuda", usedefault=True, desc="torch device of the networks")
+    output_resolution = traits.Enum("compact", "full", usedefault=True,
+                                    desc="grid of the fields written: the method's own (compact) or the fixed image's")
 
 
 class _RegistrationOutputSpec(TraitedSpec):
@@ -52,11 +55,14 @@ class Registration(SimpleInterface):
     output_spec = _RegistrationOutputSpec
 
     def _run_interface(self, runtime):
+        import numpy as np
+        from nibabel.affines import voxel_sizes
+
         from ..atomic import atomic_output
         from ..methods.base import Context, RegistrationResult, build_config
         from ..methods.table import TABLE
         from ..profiling import measure
-        from ..transform import Transform
+        from ..transform import Transform, output_transform
 
         if self.inputs.method not in TABLE:
             raise ValueError(f"unknown method {self.inputs.method!r}; choose from {', '.join(TABLE)}")
@@ -79,9 +85,15 @@ class Registration(SimpleInterface):
         self._results.update(forward_transform=os.path.join(cwd, "forward_xfm.h5"),
                              inverse_transform=os.path.join(cwd, "inverse_xfm.h5"),
                              report=os.path.join(cwd, "registration.json"))
-        result.transform.write(self._results["forward_transform"], self._results["inverse_transform"])
+        transform = output_transform(result.transform, self.inputs.fixed, method.field_spacing,
+                                     self.inputs.output_resolution)
+        transform.write(self._results["forward_transform"], self._results["inverse_transform"])
         report = {"method": stage.name, "seconds": round(float(result.seconds), 3),
                   "peak_memory_mb": round(usage.peak_memory_mb, 1), "parameters": result.parameters}
+        if transform.deformable:
+            grid = transform.field_grid
+            report["field_grid"] = {"resolution": self.inputs.output_resolution, "shape": list(grid.shape),
+                                    "spacing_mm": np.round(voxel_sizes(grid.affine), 4).tolist()}
         with atomic_output(self._results["report"]) as tmp:
             tmp.write_text(json.dumps(report, indent=2) + "\n")
         return runtime

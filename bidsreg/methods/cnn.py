@@ -21,7 +21,6 @@ import torch
 
 from ..fields import invert_displacement
 from ..image import Volume, check_affine, load_volume
-from ..itk import resample_field
 from ..nn.affine_stage import GlobalStage, symmetric_world_map
 from ..nn.grid import NetworkGrid, PreparedImage, prepare_image, translation
 from ..nn.instance import VelocityOptimisation, integrate_velocity, optimise_velocity
@@ -213,7 +212,9 @@ def register_pair(
     Returns
     -------
     RegistrationResult
-        The transform with its fields on the fixed image's grid; ``parameters`` the network grid
+        The transform with its fields on the network grid (2 mm, covering the fixed brain; zero
+        beyond it, as ITK applies a field; :meth:`~bidsreg.transform.Transform.on_grid` carries
+        them onto the fixed image's grid); ``parameters`` the network grid
         (``grid_shape``, ``grid_affine``: voxel -> RAS+ mm); ``steps`` the seconds of load,
         preprocess, global, local (and inverse), ``seconds`` their sum.
     """
@@ -221,7 +222,7 @@ def register_pair(
         raise ValueError(f"global_instance_steps must be >= 0, got {global_instance_steps}")
     steps: dict = {}
     with torch.no_grad():
-        fixed_vol, moving_vol, fixed_img, moving_img = _prepare_pair(fixed, moving, model, steps)
+        _, moving_vol, fixed_img, moving_img = _prepare_pair(fixed, moving, model, steps)
         stage, moving_grid = _global_stage(model, fixed_img, moving_img, moving_vol, affine, global_instance_steps, steps)
         grid, fixed_grid = stage.grid, stage.fixed
 
@@ -233,18 +234,15 @@ def register_pair(
             velocity, _ = optimise_velocity(fixed_grid, moving_grid, velocity, local_instance)
             integrate = functools.partial(integrate_velocity, squarings=local_instance.squarings)
         field_voxels = integrate(velocity) if integrate is not None else velocity
-        displacement = resample_field(
-            _channels_last(grid.displacement_to_world(field_voxels)), grid.affine, fixed_vol.shape, fixed_vol.affine
-        )
+        displacement = _channels_last(grid.displacement_to_world(field_voxels))
         steps["local"] = time.perf_counter() - tick
 
         inverse_displacement = None
         if inverse:
             tick = time.perf_counter()
-            inverse_grid = _inverse_on_grid(integrate, grid, velocity, field_voxels)
-            inverse_displacement = resample_field(inverse_grid, grid.affine, fixed_vol.shape, fixed_vol.affine)
+            inverse_displacement = _inverse_on_grid(integrate, grid, velocity, field_voxels)
             steps["inverse"] = time.perf_counter() - tick
-    transform = Transform(stage.world_map, displacement, inverse_displacement, fixed_vol.affine)
+    transform = Transform(stage.world_map, displacement, inverse_displacement, grid.affine)
     return RegistrationResult(transform, sum(steps.values()), _grid_parameters(grid), steps)
 
 

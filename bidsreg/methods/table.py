@@ -108,6 +108,11 @@ class Method:
     in_all : bool
         ``--methods all`` runs it (False for a method that takes far longer than the others:
         it runs only when named).
+    field_spacing : float or None
+        Spacing (mm) of the grid its fields are written on with ``--output-resolution compact``
+        (a grid of cubic voxels covering the fixed image), chosen where the warped labels stay
+        99 % identical to those of the fixed grid's field (``benchmarks/compact_transforms.py``);
+        None: the grid it computes them on (the CNN's 2 mm network grid).
     """
 
     name: str
@@ -122,6 +127,7 @@ class Method:
     context: tuple[str, ...] = ("seed", "threads")
     text: str = ""
     in_all: bool = True
+    field_spacing: float | None = None
 
     @property
     def stages(self) -> tuple[Stage, ...]:

@@ -51,6 +51,7 @@ def init_participant_wf(
     methods: dict[str, Any],
     context: Context,
     output_dir: Path,
+    output_resolution: str = "compact",
     seg: str = "labels",
     name: str | None = None,
 ) -> pe.Workflow:
@@ -69,6 +70,8 @@ def init_participant_wf(
         Seed, threads of each registration, torch device.
     output_dir : Path
         The derivatives dataset.
+    output_resolution : str
+        Grid of the deformable transforms written (:data:`bidsreg.config.OUTPUT_RESOLUTIONS`).
     seg : str
         ``seg-`` label of label maps and overlap tables.
     name : str, optional
@@ -114,7 +117,7 @@ def init_participant_wf(
 
     evaluation = {"entities": kept, "fixed": fixed, "output_dir": output_dir, "seg": seg, "metadata": metadata}
     for method, config in methods.items():
-        for stage, node in _registration_nodes(workflow, method, config, fixed, context).items():
+        for stage, node in _registration_nodes(workflow, method, config, fixed, context, output_resolution).items():
             evaluate = init_evaluate_wf(method=stage, labels=measure, **evaluation)
             workflow.connect([
                 (moving[0], node, [(moving[1], "moving")]),
@@ -139,7 +142,7 @@ def init_participant_wf(
 
 
 def _registration_nodes(workflow: pe.Workflow, method: str, config: Any, fixed: FixedImage,
-                        context: Context) -> dict[str, pe.Node]:
+                        context: Context, output_resolution: str) -> dict[str, pe.Node]:
     """The registration node of each stage of a method, chained (a stage starts from the one
     before it), by the name each reports."""
     row = TABLE[method]
@@ -149,7 +152,7 @@ def _registration_nodes(workflow: pe.Workflow, method: str, config: Any, fixed: 
     for stage in row.stages:
         node = pe.Node(Registration(
             fixed=str(fixed.path), method=method, stage=stage.name, parameters=config_parameters(config),
-            parameter_files=files, **inputs,
+            parameter_files=files, **inputs, **({"output_resolution": output_resolution} if stage.deformable else {}),
         ), name=f"register_{stage.name}", n_procs=context.threads, mem_gb=row.memory_gb)
         if previous is not None:
             workflow.connect([(previous, node, [("forward_transform", "start_transform"), ("report", "start_report")])])

@@ -261,6 +261,16 @@ def test_overlap_tables_and_sidecars(app):
     sidecar = json.loads((anat / "sub-02_from-T1w_to-sub01_desc-antssyn_mode-image_xfm.json").read_text())
     assert {"FoldingPercent", "SDlogJ", "seconds", "peak_memory_mb", "parameters"} <= set(sidecar)
     assert sidecar["parameters"]["reg_iterations"] == [20, 10, 0]
+    # Compact transforms: each field on its method's grid, said in the sidecar.
+    fixed = nb.load(app["bids"] / "sub-01/anat/sub-01_T1w.nii.gz")
+    spacing = TABLE["antssyn"].field_spacing
+    expected = fixed.header.get_zooms()[:3] if spacing is None else (spacing,) * 3
+    assert sidecar["field_grid"]["resolution"] == "compact"
+    assert np.allclose(sidecar["field_grid"]["spacing_mm"], expected)
+    cnn = json.loads((anat / "sub-02_from-T1w_to-sub01_desc-cnn_mode-image_xfm.json").read_text())
+    written = Transform.read(anat / "sub-02_from-T1w_to-sub01_desc-cnn_mode-image_xfm.h5")
+    assert written.field_grid.shape == tuple(cnn["field_grid"]["shape"]) != fixed.shape
+    assert np.allclose(np.linalg.norm(written.field_affine[:3, :3], axis=0), cnn["field_grid"]["spacing_mm"])
 
 
 def test_group_tables_and_report(app):

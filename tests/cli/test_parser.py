@@ -35,6 +35,8 @@ def test_defaults_and_labels(dirs, tmp_path):
     assert config.nprocs == usable_cpus() and config.context.threads == min(usable_cpus(), MAX_DEFAULT_THREADS)
     assert config.work == config.output_dir / "work"
     assert config.method_configs["cnnio"].model is None
+    assert config.output_resolution == "compact"
+    assert parse_args(dirs + ["participant", "--output-resolution", "full"]).output_resolution == "full"
 
 
 def test_method_options_make_each_method_configuration(dirs, tmp_path):
@@ -67,6 +69,7 @@ def test_methods(dirs, value, expected):
         (["participant", "--nprocs", "0"], exit_codes.USAGE, ">= 1"),
         (["participant", "--plugin", "Slurm"], exit_codes.USAGE, "SLURMGraph"),
         (["participant", "--no-such-flag"], exit_codes.USAGE, "unrecognized"),
+        (["participant", "--output-resolution", "half"], exit_codes.USAGE, "compact"),
         (["participant", "--fixed-labels", "l.nii.gz", "--fixed", "sub-01"], exit_codes.USAGE, "--labels"),
         ([], exit_codes.USAGE, "required"),
     ],

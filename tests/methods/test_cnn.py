@@ -198,15 +198,18 @@ def test_phantom_true_map_points_to_the_same_content(phantom, known_map):
 def test_result_fields_have_documented_shapes_and_frames(phantom, known_map, phantom_files, trained_model):
     result = register_pair(phantom_files["fixed"], phantom_files["deformed"], trained_model, inverse=True)
     transform = result.transform
-    assert np.allclose(transform.field_affine, phantom.affine()) and transform.field_grid.shape == phantom.SHAPE
+    grid_shape, grid_affine = result.parameters["grid_shape"], np.array(result.parameters["grid_affine"])
+    assert all(side % 16 == 0 for side in grid_shape) and grid_affine[0, 0] == 4.0
+    # The fields stay on the network grid (the compact transform the app writes).
+    assert np.allclose(transform.field_affine, grid_affine) and transform.field_grid.shape == tuple(grid_shape)
     assert transform.affine.shape == (4, 4) and transform.affine.dtype == np.float64
     assert np.array_equal(transform.affine[3], [0, 0, 0, 1])
     for field in (transform.displacement, transform.inverse_displacement):
-        assert field.shape == (*phantom.SHAPE, 3) and field.dtype == np.float32
+        assert field.shape == (*grid_shape, 3) and field.dtype == np.float32
         assert np.all(np.isfinite(field))
     assert 0.5 < np.abs(transform.displacement).max() < 20.0  # a real, bounded deformation (mm)
-    grid_shape, grid_affine = result.parameters["grid_shape"], np.array(result.parameters["grid_affine"])
-    assert all(side % 16 == 0 for side in grid_shape) and grid_affine[0, 0] == 4.0
+    full = transform.on_grid(Grid(phantom.SHAPE, phantom.affine()))
+    assert full.field_grid.shape == phantom.SHAPE and np.allclose(full.field_affine, phantom.affine())
     assert {"load", "preprocess", "global", "local", "inverse"} <= set(result.steps)
     assert result.seconds == pytest.approx(sum(result.steps.values()))
     # The global stage improves on the centre-of-mass start (true map: affine + deformation).
