@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
+from bidsreg.image import Volume
 from bidsreg.nn.augment import rotation_matrix
 from bidsreg.nn.grid import (
     NetworkGrid,
@@ -94,6 +96,20 @@ def test_prepare_image_blurs_only_for_a_coarser_grid(phantom):
     assert abs(blurred.sum() - normalised.sum()) < 1e-3 * normalised.sum()  # mass kept
     assert np.allclose(coarse.centre, fine.centre, atol=0.5)
     assert np.allclose(fine.centre, centre_of_mass(torch.from_numpy(normalised)[None, None], volume.affine))
+
+
+def test_prepare_image_blur_is_the_sampled_gaussian_of_each_axis():
+    """The anti-aliasing is scipy's Gaussian (kernel radius ceil(3 sigma), zeros beyond the image) along
+    each axis finer than the grid, and nothing along an axis as coarse as it."""
+    rng = np.random.default_rng(0)
+    data = rng.random((20, 17, 11)).astype(np.float32) + 0.5
+    affine = np.diag([1.0, 0.5, 2.0, 1.0])
+    prepared = prepare_image(Volume(data, affine), PreprocessConfig(spacing=2.0, low_percentile=0, high_percentile=100))
+    sigmas = [2.0 / 1.0 / 2.3548, 2.0 / 0.5 / 2.3548, 0.0]
+    radii = [int(np.ceil(3 * sigma)) for sigma in sigmas]
+    expected = ndimage.gaussian_filter(normalise_intensity(data, 0, 100).astype(np.float64), sigmas,
+                                       mode="constant", radius=radii)
+    assert np.abs(prepared.tensor[0, 0].numpy() - expected).max() < 1e-5
 
 
 @pytest.mark.parametrize("multiple", [16, 8])
