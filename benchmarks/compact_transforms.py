@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     fixed_brain = load_volume(paths["fixed"]).data > 0
     fixed_grid = load_grid(paths["fixed"])
     spacings = [float(s) for s in args.spacings.split(",")]
+    for method in args.methods.split(","):  # a missing tool stops the run before it starts, not half-way
+        if TABLE[method].check is not None:
+            TABLE[method].check()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for method in args.methods.split(","):

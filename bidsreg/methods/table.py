@@ -112,7 +112,8 @@ class Method:
         Spacing (mm) of the grid its fields are written on with ``--output-resolution compact``
         (a grid of cubic voxels covering the fixed image), chosen where the warped labels stay
         99 % identical to those of the fixed grid's field (``benchmarks/compact_transforms.py``);
-        None: the grid it computes them on (the CNN's 2 mm network grid).
+        None: the grid it computes them on (the CNN's 2 mm network grid, the fixed grid for the
+        classical methods, which no coarser grid of that benchmark kept at 99 %).
     """
 
     name: str
