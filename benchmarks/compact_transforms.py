@@ -93,12 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     fixed_brain = load_volume(paths["fixed"]).data > 0
     fixed_grid = load_grid(paths["fixed"])
     spacings = [float(s) for s in args.spacings.split(",")]
-    for method in args.methods.split(","):  # a missing tool stops the run before it starts, not half-way
+    methods = args.methods.split(",")
+    for method in methods:  # a missing tool stops the run before it starts, not half-way
         if TABLE[method].check is not None:
             TABLE[method].check()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for method in args.methods.split(","):
+        for method in methods:
             transform, seconds = register(method, paths["fixed"], paths["moving"], args.threads)
             native = transform.field_grid
             print(f"{method}: registered in {seconds:.1f} s, field on {native.shape} at "
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 for f in files.values():
                     f.unlink()
     keep = {}
-    for method in args.methods.split(","):
+    for method in methods:
         coarse = [r for r in rows if r["method"] == method and r["grid"].endswith(" mm")
                   and min(r["labels identical %"], r["inverse labels identical %"]) >= 99.0]
         keep[method] = max((float(r["grid"].split()[0]) for r in coarse), default=None)
