@@ -38,6 +38,7 @@ import h5py
 import nibabel as nb
 import numpy as np
 import SimpleITK as sitk
+from isal import isal_zlib
 
 from .atomic import atomic_output
 from .image import check_affine
@@ -67,7 +68,9 @@ _AFFINE_SUFFIXES = (".mat", ".txt")
 #: How a displacement field's parameters are stored in an ``.h5`` transform (h5py's dataset
 #: options): byte-shuffled float32, deflate level 1 (most of the gain of level 9, at a fraction
 #: of its time).
-FIELD_COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True, "chunks": True}
+FIELD_COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+#: Values per HDF5 chunk of a stored field (1 MB of float32).
+FIELD_CHUNK = 2**18
 #: NIfTI intent code of a vector field (NIFTI_INTENT_VECTOR).
 _INTENT_VECTOR = 1007
 
@@ -508,9 +511,23 @@ def _compress_fields(source: Path, target: Path) -> None:
                 field = group["TransformType"][0].decode().startswith("DisplacementFieldTransform")
                 for name, dataset in group.items():
                     if field and name == "TransformParameters":
-                        out.create_dataset(name, data=dataset[()].astype(np.float32), **FIELD_COMPRESSION)
+                        _write_field(out, name, dataset[()])
                     else:
                         group.copy(dataset, out, name=name)
+
+
+def _write_field(group: h5py.Group, name: str, values: np.ndarray) -> None:
+    """Store the 1D ``values`` as float32 in HDF5 chunks of :data:`FIELD_CHUNK` with the byte
+    shuffle and deflate filters of :data:`FIELD_COMPRESSION`, each chunk shuffled here and
+    deflated by ISA-L (three times the speed of HDF5's zlib; the same stream for every reader)."""
+    values = np.asarray(values, dtype=np.float32).ravel()
+    chunk = max(1, min(FIELD_CHUNK, len(values)))
+    dataset = group.create_dataset(name, shape=values.shape, dtype=np.float32, chunks=(chunk,), **FIELD_COMPRESSION)
+    padded = np.zeros(-(-len(values) // chunk) * chunk, dtype=np.float32)  # HDF5 stores whole chunks
+    padded[:len(values)] = values
+    for start in range(0, len(values), chunk):
+        shuffled = padded[start:start + chunk].view(np.uint8).reshape(chunk, 4).T.tobytes()
+        dataset.id.write_direct_chunk((start,), isal_zlib.compress(shuffled, FIELD_COMPRESSION["compression_opts"]))
 
 
 def _check_field(displacement: np.ndarray, name: str) -> None:

@@ -14,6 +14,7 @@ applied to images and points with SimpleITK (as
 """
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 
@@ -89,13 +90,13 @@ class Transform:
         Returns the (X, Y, Z) warped array: float32, or for ``nearest`` the label map's dtype
         with values that are input values or ``fill``.
         """
-        return _resample(moving, reference, self._sitk(inverse=False), nearest, fill)
+        return self._warp(moving, reference, nearest, fill, inverse=False)
 
     def apply_inverse(self, fixed: Volume, reference: Grid, *, nearest: bool = False, fill: float = 0) -> np.ndarray:
         """Warp a fixed-space image (e.g. atlas labels) onto the moving grid ``reference``, ``fixed(T^-1(y))``."""
         if self.deformable and self.inverse_displacement is None:
             raise ValueError("this transform has no inverse displacement field to warp fixed-space images with")
-        return _resample(fixed, reference, self._sitk(inverse=True), nearest, fill)
+        return self._warp(fixed, reference, nearest, fill, inverse=True)
 
     def map_points(self, points_ras: np.ndarray) -> np.ndarray:
         """(N, 3) FIXED RAS+ mm points -> (N, 3) MOVING RAS+ mm, ``T(x)`` (the field is zero off its grid)."""
@@ -138,6 +139,56 @@ class Transform:
                 raise ValueError(f"{inverse}: not the inverse of {forward} (another affine or field grid)")
         return cls(affine, displacement, inverse_displacement, field_affine)
 
+    def _warp(self, image: Volume, reference: Grid, nearest: bool, fill: float, inverse: bool) -> np.ndarray:
+        """Resample through one direction, over the box of ``reference`` outside which the result
+        is zero (:meth:`_nonzero_box`; the whole grid for a non-zero ``fill``), zeros elsewhere."""
+        transform = self._sitk(inverse)
+        box = self._nonzero_box(image, reference, inverse) if fill == 0 else None
+        if box is None:
+            return _resample(image, reference, transform, nearest, fill)
+        start, stop = box
+        inside = _resample(image, reference.cropped(start, stop), transform, nearest, fill)
+        warped = np.zeros(reference.shape, dtype=inside.dtype, order="F")  # NIfTI's order: written as it is
+        warped[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]] = inside
+        return warped
+
+    def _nonzero_box(self, image: Volume, reference: Grid, inverse: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """The voxel box ``[start, stop)`` of ``reference`` outside which ``image`` warped through
+        one direction is exactly zero; None when it is the whole grid or empty.
+
+        In the frame ``z`` where the field acts (fixed space: ``z = x`` forward, ``z = A^-1 y``
+        backward) the image samples ``z + u(z)`` against the support ``B`` of its non-zero voxels
+        (moved to that frame, one voxel wider for the interpolation). A non-zero output needs
+        ``z + u(z)`` in ``B``, so ``z`` lies within ``max |u|`` of ``B`` along each axis, and
+        ``z`` in ``B`` itself where ``u`` is zero, off the field's grid (one field voxel wider
+        than where ITK interpolates it). The box is a superset of the intersection of the two.
+        """
+        data = np.asarray(image.data)
+        if data.ndim != 3:
+            return None   # _resample says why
+        nonzero = data != 0
+        axes = [np.flatnonzero(nonzero.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+        if any(len(a) == 0 for a in axes):
+            return None
+        support = _world_box(image.affine, np.array([a[0] - 1 for a in axes]), np.array([a[-1] + 1 for a in axes]))
+        if not inverse:
+            support = _world_box(np.linalg.inv(self.affine), *support)
+        field = self.inverse_displacement if inverse else self.displacement
+        low, high = support
+        if field is not None:
+            reach = np.abs(field).max(axis=(0, 1, 2))
+            field_low, field_high = _world_box(self.field_affine, np.full(3, -1), np.array(field.shape[:3]))
+            low = np.maximum(low - reach, np.minimum(field_low, low))
+            high = np.minimum(high + reach, np.maximum(field_high, high))
+        if inverse:
+            low, high = _world_box(self.affine, low, high)
+        index_low, index_high = _world_box(np.linalg.inv(reference.affine), low, high)
+        start = np.clip(np.floor(index_low).astype(int) - 1, 0, reference.shape)
+        stop = np.clip(np.ceil(index_high).astype(int) + 2, 0, reference.shape)
+        if np.any(stop <= start) or np.array_equal(stop - start, reference.shape):
+            return None
+        return start, stop
+
     def _sitk(self, inverse: bool):
         field = self.inverse_displacement if inverse else self.displacement
         return itk.sitk_transform(self.affine, field, self.field_affine, inverse=inverse)
@@ -166,6 +217,13 @@ def output_transform(transform: Transform, fixed: str | os.PathLike, spacing: fl
         return transform
     grid = load_grid(fixed)
     return transform.on_grid(grid if resolution == "full" else grid.at_spacing(spacing))
+
+
+def _world_box(affine: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The axis-aligned box, after ``affine``, of the box ``[low, high]`` (its eight corners)."""
+    corners = np.array(list(itertools.product(*zip(low, high))), dtype=float)
+    points = corners @ affine[:3, :3].T + affine[:3, 3]
+    return points.min(axis=0), points.max(axis=0)
 
 
 def _resample(image: Volume, reference: Grid, transform, nearest: bool, fill: float) -> np.ndarray:

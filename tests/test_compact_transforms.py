@@ -38,16 +38,19 @@ def test_a_coarser_grid_covers_the_same_box_in_the_same_orientation():
         grid.at_spacing(0.0)
 
 
-def test_fields_are_stored_as_compressed_float32_and_read_back(tmp_path):
+def test_fields_are_stored_as_compressed_float32_and_read_back(tmp_path, monkeypatch):
     affine = grid_affine()
     field = smooth_field(SHAPE, affine)
+    assert field.size % 1000  # several chunks, the last one partial
+    monkeypatch.setattr(itk, "FIELD_CHUNK", 1000)
     path = tmp_path / "xfm.h5"
     itk.write_composite(path, np.eye(4), field, affine)
     with h5py.File(path, "r") as stored:
         kinds = {stored[f"TransformGroup/{k}/TransformType"][0].decode(): stored[f"TransformGroup/{k}"]
                  for k in stored["TransformGroup"]}
         parameters = kinds["DisplacementFieldTransform_double_3_3"]["TransformParameters"]
-        assert parameters.dtype == np.float32 and parameters.compression == "gzip"
+        assert parameters.dtype == np.float32 and parameters.compression == "gzip" and parameters.shuffle
+        assert parameters.chunks == (1000,)
         assert kinds["AffineTransform_double_3_3"]["TransformParameters"].dtype == np.float64
     _, read, grid = itk.read_composite(path)
     assert np.array_equal(read, field) and np.allclose(grid, affine)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 
 import nibabel as nb
 import numpy as np
@@ -257,7 +258,7 @@ def test_save_volume_failure_while_writing_keeps_earlier_file(tmp_path, monkeypa
         written.append(str(filename))
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(image_module.nb, "save", failing_save)
+    monkeypatch.setattr(image_module, "_write_nifti", failing_save)
     with pytest.raises(OSError, match="No space"):
         save_volume(target, blob() * 2, affine())
     assert written and written[0] != str(target)  # it wrote beside the target, not onto it
@@ -271,7 +272,7 @@ def test_save_volume_first_write_failure_leaves_nothing(tmp_path, monkeypatch):
         open(filename, "wb").close()
         raise OSError("boom")
 
-    monkeypatch.setattr(image_module.nb, "save", failing_save)
+    monkeypatch.setattr(image_module, "_write_nifti", failing_save)
     with pytest.raises(OSError):
         save_volume(tmp_path / "new.nii.gz", blob(), affine())
     assert os.listdir(tmp_path) == []
@@ -293,3 +294,40 @@ def test_foreground_extent_and_the_brain_check():
     data[:, :, 9:] = 0.0  # 7 slices of 4 mm left: a skull strip that cut the brain
     with pytest.raises(ValueError, match=r"brain.nii.gz: .* spans 60 x 60 x 28 mm, too small for a brain"):
         check_brain(Volume(data, volume.affine, volume.path))
+
+
+def test_grid_cropped_is_the_same_voxels():
+    grid = Grid((10, 12, 8), affine())
+    part = grid.cropped(np.array([2, 3, 1]), np.array([7, 12, 5]))
+    assert part.shape == (5, 9, 4)
+    np.testing.assert_allclose(part.affine @ [0, 0, 0, 1], grid.affine @ [2, 3, 1, 1])
+    np.testing.assert_allclose(part.affine[:3, :3], grid.affine[:3, :3])
+    for start, stop in (([0, 0, 0], [11, 12, 8]), ([3, 0, 0], [3, 12, 8]), ([-1, 0, 0], [5, 5, 5])):
+        with pytest.raises(ValueError, match="not a non-empty part"):
+            grid.cropped(np.array(start), np.array(stop))
+
+
+def test_saved_nii_gz_is_one_reproducible_gzip_member_that_every_reader_reads(tmp_path):
+    import SimpleITK as sitk
+
+    data = blob()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        save_volume(tmp_path / name, data, affine())
+    raw = (tmp_path / "a.nii.gz").read_bytes()
+    assert raw == (tmp_path / "b.nii.gz").read_bytes()  # no time stamp in the gzip header
+    stream = gzip.decompress(raw)
+    assert _members(raw) == 1
+    np.testing.assert_array_equal(nb.Nifti1Image.from_bytes(stream).get_fdata(dtype=np.float32), data)
+    np.testing.assert_array_equal(load_volume(tmp_path / "a.nii.gz").data, data)
+    itk_data = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a.nii.gz"))).transpose(2, 1, 0)
+    np.testing.assert_array_equal(itk_data, data)
+
+
+def _members(raw: bytes) -> int:
+    """How many gzip members follow one another in ``raw``."""
+    count = 0
+    while raw:
+        decoder = zlib.decompressobj(wbits=31)
+        decoder.decompress(raw)
+        raw, count = decoder.unused_data, count + 1
+    return count

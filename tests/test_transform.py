@@ -154,3 +154,39 @@ def test_write_and_read_both_directions(tmp_path):
     assert not Transform.read(tmp_path / "other.h5").deformable
     with pytest.raises(ValueError, match="not the inverse"):
         Transform.read(tmp_path / "forward.h5", tmp_path / "other_inverse.h5")
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
+def test_warping_only_where_the_image_lands_changes_no_voxel(inverse):
+    """A brain-like image (zero around a small blob) warped through an oblique affine and a
+    field on a smaller grid: resampled over the box where it can be non-zero, zeros elsewhere,
+    it is the whole-grid resampling voxel for voxel, image and labels."""
+    from bidsreg import itk
+    from bidsreg.transform import _resample
+
+    image_affine = grid_affine(signs=(-1, 1, 1), degrees=12)
+    shape = (40, 44, 36)
+    image_affine[:3, 3] = -image_affine[:3, :3] @ ((np.array(shape) - 1) / 2)
+    data = np.zeros(shape, np.float32)
+    data[15:24, 18:27, 14:22] = ndimage.gaussian_filter(random_image(4, (9, 9, 8)), 1) + 0.5
+    labels = (data * 10).astype(np.int16)
+    affine = np.eye(4)
+    affine[:3, :3] = [[0.97, -0.08, 0.04], [0.1, 1.02, 0.0], [-0.05, 0.02, 0.99]]
+    affine[:3, 3] = [2.5, -1.0, 1.5]
+    field_affine = grid_affine(spacing=(3.0, 3.0, 3.0))
+    field = smooth_field(SHAPE, field_affine, amplitude=4.0)
+    transform = Transform(affine, field, field, field_affine)
+    reference = Grid(shape, image_affine)
+    box = transform._nonzero_box(Volume(data, image_affine), reference, inverse)
+    assert box is not None and np.prod(box[1] - box[0]) < 0.6 * np.prod(shape)  # a part of the grid
+    warp = transform.apply_inverse if inverse else transform.apply
+    for volume, nearest in ((Volume(data, image_affine), False), (Volume(labels, image_affine), True)):
+        whole = _resample(volume, reference, transform._sitk(inverse), nearest, 0)
+        assert whole.any()
+        np.testing.assert_array_equal(warp(volume, reference, nearest=nearest), whole)
+    # a non-zero fill is resampled on the whole grid: voxels mapped off the image get it
+    filled = warp(Volume(data, image_affine), reference, fill=-1)
+    assert (filled == -1).any()
+    np.testing.assert_array_equal(filled, _resample(Volume(data, image_affine), reference,
+                                                    itk.sitk_transform(affine, field, field_affine, inverse=inverse),
+                                                    False, -1))

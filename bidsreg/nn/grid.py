@@ -193,14 +193,38 @@ def normalise_intensity(data: np.ndarray, low: float = 0.5, high: float = 99.5) 
 
     Every voxel counts, so the result does not depend on the order the voxels are stored in.
     """
-    values = data[data > 0]
-    if values.size == 0:
-        values = data.ravel()
+    return _windowed(data, *intensity_window(data, low, high))
+
+
+def intensity_window(data: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
+    """The intensities :func:`normalise_intensity` maps to 0 and 1: the ``low``/``high``
+    percentiles of the positive voxels (of all voxels where none is), or the image's range
+    where the two coincide."""
+    box = _positive_box(data, 0)
+    values = data.ravel() if box is None else data[box][data[box] > 0]
     lo, hi = np.percentile(values, [low, high])
     if not hi > lo:
         lo, hi = float(data.min()), float(data.max())
+    return float(lo), float(hi)
+
+
+def _windowed(data: np.ndarray, lo: float, hi: float) -> np.ndarray:
     out = (data - np.float32(lo)) / np.float32(hi - lo)
     return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+
+
+def _positive_box(data: np.ndarray, margin: np.ndarray | int) -> tuple[slice, slice, slice] | None:
+    """The box of the positive voxels of a 3D array widened by ``margin`` voxels (per axis),
+    within the array; None when no voxel is positive."""
+    positive = data > 0
+    margin = np.broadcast_to(margin, (3,))
+    box = []
+    for axis in range(3):
+        where = np.flatnonzero(positive.any(axis=tuple(a for a in range(3) if a != axis)))
+        if len(where) == 0:
+            return None
+        box.append(slice(max(0, int(where[0] - margin[axis])), min(data.shape[axis], int(where[-1] + margin[axis] + 1))))
+    return tuple(box)
 
 
 def centre_of_mass(tensor: torch.Tensor, affine: np.ndarray) -> np.ndarray:
@@ -224,6 +248,11 @@ def translation(offset: np.ndarray) -> np.ndarray:
     return matrix
 
 
+def _kernel_radius(sigma: float) -> int:
+    """Half-width (voxels) of the Gaussian kernel of :func:`_gaussian_blur` (0: no blur)."""
+    return max(1, int(math.ceil(3 * sigma))) if sigma > 0 else 0
+
+
 def _gaussian_blur(tensor: torch.Tensor, sigmas: np.ndarray) -> torch.Tensor:
     """Separable Gaussian of a (1, 1, X, Y, Z) tensor, zero beyond its edges (3-sigma kernels).
 
@@ -234,7 +263,7 @@ def _gaussian_blur(tensor: torch.Tensor, sigmas: np.ndarray) -> torch.Tensor:
     for axis, sigma in enumerate(sigmas):
         if sigma <= 0:
             continue
-        radius = max(1, int(math.ceil(3 * sigma)))
+        radius = _kernel_radius(sigma)
         x = torch.arange(-radius, radius + 1, dtype=torch.float64)
         weights = torch.exp(-0.5 * (x / sigma) ** 2)
         weights = (weights / weights.sum()).tolist()
@@ -252,13 +281,23 @@ def prepare_image(volume: Image, config: PreprocessConfig) -> PreparedImage:
     """Normalise ``volume`` and low-pass it for resampling at the grid spacing.
 
     The Gaussian has a FWHM of one grid voxel along axes whose voxels are finer than the
-    grid, which avoids aliasing when the image is sampled on the coarser grid.
+    grid, which avoids aliasing when the image is sampled on the coarser grid. Where every
+    voxel that is not positive normalises to 0 (a brain image's background), only the box of
+    the positive voxels is kept, with a margin of zeros wider than the kernel: the values of
+    the whole image, zero beyond the box as resampling reads it, in a third of the voxels.
     """
-    data = normalise_intensity(volume.data, config.low_percentile, config.high_percentile)
+    data, affine = np.asarray(volume.data), np.asarray(volume.affine, dtype=float)
+    ratio = config.spacing / voxel_sizes(affine)
+    sigmas = np.where(ratio > 1, ratio / 2.3548, 0.0)
+    lo, hi = intensity_window(data, config.low_percentile, config.high_percentile)
+    box = _positive_box(data, [_kernel_radius(s) + 1 for s in sigmas]) if lo >= 0 else None
+    if box is not None:
+        data = data[box]
+        affine = affine.copy()
+        affine[:3, 3] = affine[:3, :3] @ [b.start for b in box] + affine[:3, 3]
+    data = _windowed(data, lo, hi)
     if not np.any(data > config.foreground):
         raise ValueError(f"{volume.path}: no foreground after intensity normalisation; is the image empty?")
-    ratio = config.spacing / voxel_sizes(volume.affine)
-    sigmas = np.where(ratio > 1, ratio / 2.3548, 0.0)
     with torch.no_grad():
         tensor = _gaussian_blur(torch.from_numpy(data)[None, None], sigmas)
-    return PreparedImage(tensor, volume.affine, centre_of_mass(tensor, volume.affine), volume.path)
+    return PreparedImage(tensor, affine, centre_of_mass(tensor, affine), volume.path)

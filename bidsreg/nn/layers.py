@@ -62,7 +62,18 @@ def sample(
     normalised = coords * scale - 1.0
     # grid_sample wants (N, X', Y', Z', 3) with the last axis ordered (k, j, i).
     grid = normalised.permute(0, 2, 3, 4, 1).flip(-1)
-    return F.grid_sample(volume, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    parts = min(torch.get_num_threads(), grid.shape[1]) if volume.device.type == "cpu" and len(volume) == 1 else 1
+    if parts < 2:
+        return F.grid_sample(volume, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    # The CPU kernel of 3D grid_sample runs one thread per batch item: one image's points are
+    # cut into slabs along X', one batch item each, and put back together (the same values).
+    rows = grid.shape[1]
+    step = -(-rows // parts)
+    grid = F.pad(grid, (0, 0, 0, 0, 0, 0, 0, step * parts - rows)) if step * parts > rows else grid
+    slabs = grid.reshape(parts, step, *grid.shape[2:])
+    out = F.grid_sample(volume.expand(parts, *volume.shape[1:]), slabs, mode=mode, padding_mode=padding_mode,
+                        align_corners=True)
+    return out.permute(1, 0, 2, 3, 4).reshape(1, out.shape[1], step * parts, *out.shape[3:])[:, :, :rows]
 
 
 class SpatialTransformer(nn.Module):

@@ -18,6 +18,7 @@ from bidsreg.nn.grid import (
     prepare_image,
     translation,
 )
+from bidsreg.nn.grid import _gaussian_blur
 from bidsreg.nn.layers import AffineTransformer, affine_coordinates, identity_grid
 
 
@@ -207,3 +208,28 @@ def test_displacement_to_world_scales_by_the_spacing():
     assert torch.equal(grid.displacement_to_world(field), field * 2.5)
 
 
+
+
+def test_prepare_image_keeps_the_brain_box_and_resamples_as_the_whole_image():
+    """The prepared image is the box of the positive voxels with a margin of zeros: on any
+    grid it resamples to the values of the whole image blurred (zero background); an image
+    whose background normalises above zero (no voxel positive: the window is all voxels')
+    is kept whole."""
+    data = np.zeros((60, 64, 56), np.float32)
+    data[20:41, 15:45, 18:36] = np.random.default_rng(3).random((21, 30, 18), dtype=np.float32) + 0.2
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = [-30.0, -32.0, -28.0]
+    config = PreprocessConfig(spacing=2.0)
+    prepared = prepare_image(Volume(data, affine), config)
+    assert np.prod(prepared.shape) < 0.4 * data.size
+    whole = PreparedImage(
+        _gaussian_blur(torch.from_numpy(normalise_intensity(data))[None, None], np.full(3, 2.0 / 2.3548)), affine,
+        np.zeros(3))
+    np.testing.assert_allclose(prepared.centre, centre_of_mass(whole.tensor, affine), atol=1e-4)
+    grid = NetworkGrid.covering(whole, config)
+    assert NetworkGrid.covering(prepared, config).shape == grid.shape
+    turn = np.eye(4)
+    turn[:3, :3] = [[0.96, -0.2, 0.0], [0.2, 0.96, 0.1], [0.0, -0.1, 1.0]]
+    for world_map in (None, turn):
+        torch.testing.assert_close(grid.resample(prepared, world_map), grid.resample(whole, world_map), rtol=0, atol=1e-5)
+    assert prepare_image(Volume(data - 2.0, affine), config).shape == data.shape

@@ -256,3 +256,24 @@ def test_vecint_of_minus_velocity_is_the_inverse():
     inner = composed[:, :, 4:-4, 4:-4, 4:-4]
     assert backward.abs().max() > 1.0
     assert inner.abs().max() < 0.1
+
+
+@pytest.mark.parametrize("rows", [9, 10])
+def test_sample_cut_into_slabs_for_the_threads_gives_the_same_values_and_gradients(rows):
+    """One image's points are sampled in one slab per thread (odd and even sides): the values
+    and the coordinates' gradient are those of one call, the volume's gradient to rounding."""
+    shape = (rows, 12, 10)
+    source = volume(shape, channels=3, seed=4).requires_grad_(True)
+    coords = (identity_grid(shape, dtype=torch.float64) + 2 * volume(shape, channels=3, seed=5) - 1).requires_grad_(True)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            out = sample(source, coords, padding_mode="border")
+            results.append((out.detach(), *torch.autograd.grad((out ** 2).sum(), (source, coords))))
+    finally:
+        torch.set_num_threads(threads)
+    (one, grad_source_one, grad_coords_one), (cut, grad_source_cut, grad_coords_cut) = results
+    assert torch.equal(one, cut) and torch.equal(grad_coords_one, grad_coords_cut)
+    torch.testing.assert_close(grad_source_one, grad_source_cut, rtol=0, atol=1e-12)
