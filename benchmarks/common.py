@@ -28,7 +28,14 @@ ROWS = ["original", "com", "global", "registered", "antsaffine", "antssyn"]
 
 
 def oasis_dir(explicit: str | None = None) -> Path:
-    """The OASIS-TRT-20 dev dataset: ``explicit``, ``$BIDSREG_OASIS_DIR`` or ``../shared/data``."""
+    """The OASIS-TRT-20 dev dataset: ``explicit``, ``$BIDSREG_OASIS_DIR`` or ``../shared/data``.
+
+    An ``explicit`` folder that is not a BIDS dataset is an error (SystemExit naming it), not
+    a reason to look elsewhere.
+    """
+    if explicit and not (Path(explicit) / "dataset_description.json").is_file():
+        raise SystemExit(f"{explicit}: not a BIDS dataset (no dataset_description.json); pass the OASIS-TRT-20 "
+                         "folder, e.g. --data ../shared/data/oasis-trt-20-dev")
     candidates = [explicit, os.environ.get("BIDSREG_OASIS_DIR"), REPO.parent / "shared/data/oasis-trt-20-dev"]
     for candidate in candidates:
         if candidate and (Path(candidate) / "dataset_description.json").is_file():
