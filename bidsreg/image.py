@@ -19,7 +19,7 @@ from nibabel.affines import voxel_sizes
 from .atomic import atomic_output
 
 __all__ = ["Grid", "Volume", "check_affine", "check_brain", "foreground_extent", "load_grid", "load_volume",
-           "same_grid", "save_volume"]
+           "mask_box", "same_grid", "save_volume"]
 
 #: Largest accepted ratio between the longest and the shortest voxel side.
 MAX_ANISOTROPY = 5.0
@@ -222,11 +222,19 @@ def foreground_extent(volume: Volume, fraction: float = BRAIN_FRACTION) -> np.nd
     """Extent (mm) along each voxel axis of the voxels above ``fraction`` of the 99th
     percentile of the image: the brain of a skull-stripped T1w image, the head of another."""
     data = volume.data
-    above = data > fraction * float(np.percentile(data, 99))
-    if not above.any():
+    box = mask_box(data > fraction * float(np.percentile(data, 99)))
+    if box is None:
         return np.zeros(3)
-    sides = [np.flatnonzero(above.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    return np.array([side[-1] - side[0] + 1 for side in sides]) * volume.spacing
+    return (box[1] - box[0]) * volume.spacing
+
+
+def mask_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The voxel box ``[start, stop)`` (per axis) of the True voxels of a 3D mask; None when
+    there are none."""
+    sides = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if any(len(side) == 0 for side in sides):
+        return None
+    return np.array([side[0] for side in sides]), np.array([side[-1] + 1 for side in sides])
 
 
 def check_brain(volume: Volume) -> None:

@@ -520,11 +520,11 @@ def _write_field(group: h5py.Group, name: str, values: np.ndarray) -> None:
     """Store the 1D ``values`` as float32 in HDF5 chunks of :data:`FIELD_CHUNK` with the byte
     shuffle and deflate filters of :data:`FIELD_COMPRESSION`, each chunk shuffled here and
     deflated by ISA-L (three times the speed of HDF5's zlib; the same stream for every reader)."""
-    values = np.asarray(values, dtype=np.float32).ravel()
+    values = np.ravel(values)
     chunk = max(1, min(FIELD_CHUNK, len(values)))
     dataset = group.create_dataset(name, shape=values.shape, dtype=np.float32, chunks=(chunk,), **FIELD_COMPRESSION)
     padded = np.zeros(-(-len(values) // chunk) * chunk, dtype=np.float32)  # HDF5 stores whole chunks
-    padded[:len(values)] = values
+    padded[:len(values)] = values  # cast to float32 here
     for start in range(0, len(values), chunk):
         shuffled = padded[start:start + chunk].view(np.uint8).reshape(chunk, 4).T.tobytes()
         dataset.id.write_direct_chunk((start,), isal_zlib.compress(shuffled, FIELD_COMPRESSION["compression_opts"]))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import itk
-from .image import Grid, Volume, check_affine, load_grid
+from .image import Grid, Volume, check_affine, load_grid, mask_box
 
 __all__ = ["Transform", "output_transform"]
 
@@ -166,11 +166,10 @@ class Transform:
         data = np.asarray(image.data)
         if data.ndim != 3:
             return None   # _resample says why
-        nonzero = data != 0
-        axes = [np.flatnonzero(nonzero.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-        if any(len(a) == 0 for a in axes):
+        box = mask_box(data != 0)
+        if box is None:
             return None
-        support = _world_box(image.affine, np.array([a[0] - 1 for a in axes]), np.array([a[-1] + 1 for a in axes]))
+        support = _world_box(image.affine, box[0] - 1, box[1])
         if not inverse:
             support = _world_box(np.linalg.inv(self.affine), *support)
         field = self.inverse_displacement if inverse else self.displacement

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bidsreg import image as image_module
-from bidsreg.image import Grid, Volume, check_brain, foreground_extent, load_volume, save_volume
+from bidsreg.image import Grid, Volume, check_brain, foreground_extent, load_volume, mask_box, save_volume
 
 
 def affine(spacing=(2.0, 2.0, 2.0)) -> np.ndarray:
@@ -331,3 +331,11 @@ def _members(raw: bytes) -> int:
         decoder.decompress(raw)
         raw, count = decoder.unused_data, count + 1
     return count
+
+
+def test_mask_box_is_the_box_of_the_true_voxels():
+    mask = np.zeros((6, 7, 5), bool)
+    mask[1, 2:5, 4] = mask[3, 6, 0] = True
+    start, stop = mask_box(mask)
+    assert start.tolist() == [1, 2, 0] and stop.tolist() == [4, 7, 5]
+    assert mask_box(np.zeros((3, 3, 3), bool)) is None

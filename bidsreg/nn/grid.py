@@ -193,15 +193,19 @@ def normalise_intensity(data: np.ndarray, low: float = 0.5, high: float = 99.5) 
 
     Every voxel counts, so the result does not depend on the order the voxels are stored in.
     """
-    return _windowed(data, *intensity_window(data, low, high))
+    return _windowed(data, *_intensity_window(data, _positive_box(data), low, high))
 
 
-def intensity_window(data: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
+def _intensity_window(data: np.ndarray, box: tuple[slice, slice, slice] | None, low: float,
+                      high: float) -> tuple[float, float]:
     """The intensities :func:`normalise_intensity` maps to 0 and 1: the ``low``/``high``
-    percentiles of the positive voxels (of all voxels where none is), or the image's range
-    where the two coincide."""
-    box = _positive_box(data, 0)
-    values = data.ravel() if box is None else data[box][data[box] > 0]
+    percentiles of the positive voxels, found in their ``box`` (:func:`_positive_box`; of all
+    voxels where it is None), or the image's range where the two coincide."""
+    if box is None:
+        values = data.ravel()
+    else:
+        inside = data[box]
+        values = inside[inside > 0]
     lo, hi = np.percentile(values, [low, high])
     if not hi > lo:
         lo, hi = float(data.min()), float(data.max())
@@ -213,18 +217,22 @@ def _windowed(data: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 
 
-def _positive_box(data: np.ndarray, margin: np.ndarray | int) -> tuple[slice, slice, slice] | None:
-    """The box of the positive voxels of a 3D array widened by ``margin`` voxels (per axis),
-    within the array; None when no voxel is positive."""
+def _positive_box(data: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """The box of the positive voxels of a 3D array; None when no voxel is positive.
+
+    ``bidsreg.image.mask_box`` does this for the rest of the package; :mod:`bidsreg.nn`
+    imports nothing from it.
+    """
     positive = data > 0
-    margin = np.broadcast_to(margin, (3,))
-    box = []
-    for axis in range(3):
-        where = np.flatnonzero(positive.any(axis=tuple(a for a in range(3) if a != axis)))
-        if len(where) == 0:
-            return None
-        box.append(slice(max(0, int(where[0] - margin[axis])), min(data.shape[axis], int(where[-1] + margin[axis] + 1))))
-    return tuple(box)
+    sides = [np.flatnonzero(positive.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if any(len(side) == 0 for side in sides):
+        return None
+    return tuple(slice(int(side[0]), int(side[-1]) + 1) for side in sides)
+
+
+def _widened(box: tuple[slice, slice, slice], margin: list[int], shape: tuple[int, ...]) -> tuple[slice, slice, slice]:
+    """``box`` widened by ``margin`` voxels per axis, within an array of ``shape``."""
+    return tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(box, margin, shape))
 
 
 def centre_of_mass(tensor: torch.Tensor, affine: np.ndarray) -> np.ndarray:
@@ -289,9 +297,10 @@ def prepare_image(volume: Image, config: PreprocessConfig) -> PreparedImage:
     data, affine = np.asarray(volume.data), np.asarray(volume.affine, dtype=float)
     ratio = config.spacing / voxel_sizes(affine)
     sigmas = np.where(ratio > 1, ratio / 2.3548, 0.0)
-    lo, hi = intensity_window(data, config.low_percentile, config.high_percentile)
-    box = _positive_box(data, [_kernel_radius(s) + 1 for s in sigmas]) if lo >= 0 else None
-    if box is not None:
+    positive = _positive_box(data)
+    lo, hi = _intensity_window(data, positive, config.low_percentile, config.high_percentile)
+    if positive is not None and lo >= 0:
+        box = _widened(positive, [_kernel_radius(s) + 1 for s in sigmas], data.shape)
         data = data[box]
         affine = affine.copy()
         affine[:3, 3] = affine[:3, :3] @ [b.start for b in box] + affine[:3, 3]

@@ -208,8 +208,6 @@ def test_displacement_to_world_scales_by_the_spacing():
     assert torch.equal(grid.displacement_to_world(field), field * 2.5)
 
 
-
-
 def test_prepare_image_keeps_the_brain_box_and_resamples_as_the_whole_image():
     """The prepared image is the box of the positive voxels with a margin of zeros: on any
     grid it resamples to the values of the whole image blurred (zero background); an image
