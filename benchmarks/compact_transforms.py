@@ -2,9 +2,11 @@
 
 For one pair of training subjects (CONVENTIONS.md: settings are chosen on those only), every
 deformable method registers the moving T1w to the fixed one; its transform is written as the
-app writes it, both directions, with the field on the fixed image's 1 mm grid (``full``) and
-on coarser grids of cubic voxels covering it (and for the CNN on the network grid it computes
-it on). antspyx ``apply_transforms`` then warps, with each file, the moving T1w and labels onto
+app writes it, both directions, with the field on the fixed image's 1 mm grid as computed
+(``full``), and, rounded to :data:`bidsreg.transform.FIELD_STEP_MM` as ``--output-resolution
+compact`` writes it, on that grid (``fixed grid, rounded``; for the classical methods), on
+coarser grids of cubic voxels covering it, and for the CNN on the network grid it computes it
+on. antspyx ``apply_transforms`` then warps, with each file, the moving T1w and labels onto
 the fixed grid and the fixed ones onto the moving grid; the figures are the labelled voxels
 (in either map) whose warped label is that of the full field's warp, the correlation of the warped images inside the
 brain, the Dice of the warped moving labels with the fixed ones, the size of the two files and
@@ -36,6 +38,7 @@ from bidsreg.data import DEFAULT_MODEL  # noqa: E402
 from bidsreg.image import load_grid, load_volume  # noqa: E402
 from bidsreg.methods.base import Context, build_config  # noqa: E402
 from bidsreg.methods.table import TABLE  # noqa: E402
+from bidsreg.transform import FIELD_STEP_MM  # noqa: E402
 
 DEFORMABLE = ("cnn", "cnnio", "antssyn", "antssynquick", "demons", "bspline")
 
@@ -107,11 +110,13 @@ def main(argv: list[str] | None = None) -> int:
             grids = {"full": fixed_grid}
             if method in ("cnn", "cnnio"):
                 grids["network grid"] = native
+            else:
+                grids["fixed grid, rounded"] = fixed_grid
             grids.update({f"{s:g} mm": fixed_grid.at_spacing(s) for s in spacings})
             reference = None
             for name, grid in grids.items():
                 files = {d: Path(scratch) / f"{method}_{name.replace(' ', '_')}_{d}.h5" for d in ("forward", "inverse")}
-                compact = transform.on_grid(grid)
+                compact = transform.on_grid(grid) if name == "full" else transform.on_grid(grid).rounded(FIELD_STEP_MM)
                 tick = time.perf_counter()
                 compact.write(files["forward"], files["inverse"])
                 write_seconds = time.perf_counter() - tick

@@ -23,7 +23,13 @@ import numpy as np
 from . import itk
 from .image import Grid, Volume, check_affine, load_grid, mask_box
 
-__all__ = ["Transform", "output_transform"]
+__all__ = ["FIELD_STEP_MM", "Transform", "output_transform"]
+
+#: Step (mm) to which ``--output-resolution compact`` rounds the displacements it writes: at
+#: most 2**-10 mm (0.001 mm, a thousandth of a voxel) off, and exact in float32, whose unused
+#: low mantissa bits then deflate to nothing: a 1 mm field in a quarter of the bytes
+#: (``benchmarks/compact_transforms.py``).
+FIELD_STEP_MM = 2.0 ** -9
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,6 +89,18 @@ class Transform:
         fields = [None if f is None else itk.resample_field(f, self.field_affine, grid.shape, grid.affine)
                   for f in (self.displacement, self.inverse_displacement)]
         return Transform(self.affine, *fields, grid.affine)
+
+    def rounded(self, step: float) -> "Transform":
+        """The same transform with its displacements rounded to multiples of ``step`` mm (at
+        most ``step / 2`` off; a power of two keeps the multiples exact in float32)."""
+        if not step > 0:
+            raise ValueError(f"the rounding step must be positive (mm), got {step!r}")
+        if not self.deformable:
+            return self
+        scale = np.float32(step)
+        fields = [None if f is None else np.round(np.asarray(f, dtype=np.float32) / scale) * scale
+                  for f in (self.displacement, self.inverse_displacement)]
+        return Transform(self.affine, *fields, self.field_affine)
 
     def apply(self, moving: Volume, reference: Grid, *, nearest: bool = False, fill: float = 0) -> np.ndarray:
         """Warp a moving image (or label map, ``nearest``) onto the fixed grid ``reference``.
@@ -195,7 +213,7 @@ class Transform:
 
 def output_transform(transform: Transform, fixed: str | os.PathLike, spacing: float | None,
                      resolution: str = "compact") -> Transform:
-    """A method's transform on the grid it is written on.
+    """A method's transform on the grid, and at the precision, it is written at.
 
     Parameters
     ----------
@@ -208,14 +226,18 @@ def output_transform(transform: Transform, fixed: str | os.PathLike, spacing: fl
         fields go onto the grid of cubic voxels of this size covering the fixed image; None
         keeps the grid the method computed them on.
     resolution : str
-        ``compact`` as above, or ``full``: the fixed image's grid whatever the method's.
+        ``compact`` as above, the displacements rounded to :data:`FIELD_STEP_MM`; or ``full``:
+        the fixed image's grid whatever the method's, the displacements as computed.
     """
     if resolution not in ("compact", "full"):
         raise ValueError(f"resolution must be compact or full, got {resolution!r}")
-    if not transform.deformable or (resolution == "compact" and spacing is None):
+    if not transform.deformable:
         return transform
-    grid = load_grid(fixed)
-    return transform.on_grid(grid if resolution == "full" else grid.at_spacing(spacing))
+    if resolution == "full":
+        return transform.on_grid(load_grid(fixed))
+    if spacing is not None:
+        transform = transform.on_grid(load_grid(fixed).at_spacing(spacing))
+    return transform.rounded(FIELD_STEP_MM)
 
 
 def _world_box(affine: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

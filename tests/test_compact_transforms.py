@@ -14,7 +14,9 @@ from bidsreg.demo.dataset import LABELS_DESC, write_demo_dataset
 from bidsreg.image import Grid, Volume, load_grid, load_volume, save_volume
 from bidsreg.methods.cnn import register_pair
 from bidsreg.nn.model import RegistrationModel
-from bidsreg.transform import Transform, output_transform
+from bidsreg.methods.base import Context, build_config
+from bidsreg.methods.table import TABLE
+from bidsreg.transform import FIELD_STEP_MM, Transform, output_transform
 
 from .grids import SHAPE, grid_affine, smooth_field
 
@@ -64,15 +66,40 @@ def test_output_transform_keeps_or_moves_the_field_grid(tmp_path):
     native = Grid((12, 14, 11), grid_affine(spacing=(2.0, 2.0, 2.0)))
     field = smooth_field(native.shape, native.affine)
     transform = Transform(np.eye(4), field, -field, native.affine)
-    assert output_transform(transform, fixed, None) is transform
+    compact = output_transform(transform, fixed, None)
+    assert compact.field_grid.shape == native.shape and np.array_equal(compact.field_affine, native.affine)
+    for rounded, computed in ((compact.displacement, field), (compact.inverse_displacement, -field)):
+        assert rounded.dtype == np.float32 and np.abs(rounded - computed).max() <= FIELD_STEP_MM / 2
+        assert np.array_equal(rounded / FIELD_STEP_MM, np.round(rounded / FIELD_STEP_MM))  # exact multiples
     full = output_transform(transform, fixed, None, "full")
     assert full.field_grid.shape == SHAPE and np.allclose(full.field_affine, fixed_affine)
+    assert np.array_equal(full.displacement, transform.on_grid(load_grid(fixed)).displacement)  # not rounded
     coarse = output_transform(transform, fixed, 3.0)
     assert coarse.field_grid.shape == load_grid(fixed).at_spacing(3.0).shape
+    assert np.array_equal(coarse.displacement, transform.on_grid(coarse.field_grid).rounded(FIELD_STEP_MM).displacement)
     affine_only = Transform(np.eye(4))
     assert output_transform(affine_only, fixed, 2.0, "full") is affine_only
     with pytest.raises(ValueError, match="compact or full"):
         output_transform(transform, fixed, None, "half")
+    with pytest.raises(ValueError, match="positive"):
+        transform.rounded(0.0)
+
+
+def test_rounded_fields_are_written_in_a_fraction_of_the_bytes(tmp_path):
+    """Rounded to FIELD_STEP_MM, a smooth float32 field leaves its low mantissa bits zero, and the
+    shuffle and deflate filters store it in fewer bytes (here, a small field with a few bits
+    above the step, 70 %; the OASIS ANTs fields, a quarter: ``benchmarks/results/
+    compact_transforms_rounded.md``); it reads back exactly."""
+    affine = grid_affine()
+    field = smooth_field(SHAPE, affine) * 5
+    transform = Transform(np.eye(4), field, -field, affine)
+    rounded = transform.rounded(FIELD_STEP_MM)
+    sizes = {}
+    for name, version in (("computed", transform), ("rounded", rounded)):
+        version.write(tmp_path / f"{name}.h5")
+        sizes[name] = (tmp_path / f"{name}.h5").stat().st_size
+    assert sizes["rounded"] < 0.75 * sizes["computed"], sizes
+    assert np.array_equal(Transform.read(tmp_path / "rounded.h5").displacement, rounded.displacement)
 
 
 def oblique_las(volume: Volume, spacing: float, nearest: bool = False) -> Volume:
@@ -130,21 +157,44 @@ def test_antspyx_applies_the_compact_cnn_transform_as_the_full_one(oblique_pair,
     transform = register_pair(oblique_pair["fixed"], oblique_pair["moving"], model, inverse=True).transform
     fixed_grid = load_grid(oblique_pair["fixed"])
     assert transform.field_grid.shape != fixed_grid.shape  # the network grid, not the fixed one
-    files = {}
-    for name, version in (("compact", transform), ("full", output_transform(transform, oblique_pair["fixed"], None,
-                                                                          "full"))):
-        files[name] = (tmp_path / f"{name}_xfm.h5", tmp_path / f"{name}_inverse_xfm.h5")
-        version.write(*files[name])
-    sizes = {name: sum(f.stat().st_size for f in pair) for name, pair in files.items()}
-    assert sizes["compact"] < sizes["full"] / 2.5, sizes
-    compact, full = (warped_both_ways(oblique_pair, *files[name]) for name in ("compact", "full"))
-    brains = {"image": load_volume(oblique_pair["fixed"]).data > 0.05,
-              "inverse_image": load_volume(oblique_pair["moving"]).data > 0.05}
-    for key, brain in brains.items():
-        assert np.corrcoef(compact[key][brain], full[key][brain])[0, 1] > 0.999, key
+    compact, full = compare_compact_and_full(oblique_pair, transform, None, tmp_path)
     for key in ("labels", "inverse_labels"):
         same = compact[key] == full[key]
         labelled = (compact[key] != 0) | (full[key] != 0)
         assert same.mean() >= 0.99 and labelled.sum() > 1000 and same[labelled].mean() >= 0.985, key
-    # The warp is a real registration's, not the identity: the labels moved.
-    assert (full["inverse_labels"] != load_volume(oblique_pair["moving_labels"], labels=True).data).mean() > 0.01
+
+
+@pytest.mark.slow
+def test_antspyx_applies_the_rounded_antssyn_field_as_the_computed_one(oblique_pair, tmp_path):
+    """antspyx SyN's field stays on the fixed image's grid (no coarser grid keeps its labels):
+    written compact, rounded to FIELD_STEP_MM, it warps as the field it computed does, both ways
+    (no more than the labels of the voxels within 0.001 mm of a voxel boundary flip), from a file
+    less than half the size."""
+    method = TABLE["antssyn"]
+    [stage] = method.stages
+    transform = stage.register(str(oblique_pair["fixed"]), str(oblique_pair["moving"]), build_config(method.config, {}),
+                               Context(seed=0, threads=2)).transform
+    assert method.field_spacing is None and transform.field_grid.shape == load_grid(oblique_pair["fixed"]).shape
+    compact, full = compare_compact_and_full(oblique_pair, transform, method.field_spacing, tmp_path, ratio=2.0)
+    for key in ("labels", "inverse_labels"):
+        labelled = (compact[key] != 0) | (full[key] != 0)
+        assert labelled.sum() > 1000 and (compact[key] == full[key])[labelled].mean() >= 0.999, key
+
+
+def compare_compact_and_full(paths: dict, transform: Transform, spacing: float | None, folder, ratio: float = 2.5):
+    """The four antspyx warps (:func:`warped_both_ways`) with the transform as
+    ``--output-resolution compact`` and ``full`` write it; checks that the compact files are
+    ``ratio`` times smaller, the warped images correlate (r > 0.999) and the warp is a real
+    registration's (the labels moved); returns the compact and full warps."""
+    files = {}
+    for name in ("compact", "full"):
+        files[name] = (folder / f"{name}_xfm.h5", folder / f"{name}_inverse_xfm.h5")
+        output_transform(transform, paths["fixed"], spacing, name).write(*files[name])
+    sizes = {name: sum(f.stat().st_size for f in pair) for name, pair in files.items()}
+    assert sizes["compact"] < sizes["full"] / ratio, sizes
+    compact, full = (warped_both_ways(paths, *files[name]) for name in ("compact", "full"))
+    brains = {"image": load_volume(paths["fixed"]).data > 0.05, "inverse_image": load_volume(paths["moving"]).data > 0.05}
+    for key, brain in brains.items():
+        assert np.corrcoef(compact[key][brain], full[key][brain])[0, 1] > 0.999, key
+    assert (full["inverse_labels"] != load_volume(paths["moving_labels"], labels=True).data).mean() > 0.01
+    return compact, full
